@@ -1,0 +1,1 @@
+# Binding for csrc/sd_extract.h: see that header.

@@ -1,0 +1,1 @@
+# Binding for csrc/sd_spawn.h: see that header.

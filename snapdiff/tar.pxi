@@ -1,0 +1,1 @@
+# Binding for csrc/sd_tar.h: see that header.
