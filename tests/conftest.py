@@ -114,3 +114,35 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def tmp(tmp_path):
     """A temporary directory on the same filesystem as the store tests use."""
     return tmp_path
+
+
+BUSYBOX = "/bin/busybox"
+
+
+def make_busybox_rootfs(root: str) -> str:
+    """A tiny runnable root filesystem: busybox-static and its applet links."""
+    import shutil
+
+    if not os.path.exists(BUSYBOX):
+        pytest.fail("busybox-static is not installed (apt-get install busybox-static)",
+                    pytrace=False)
+    for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "root", "var/log"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    os.chmod(os.path.join(root, "tmp"), 0o1777)
+    shutil.copy2(BUSYBOX, os.path.join(root, "bin/busybox"))
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for a in applets:
+        p = os.path.join(root, "bin", a)
+        if not os.path.lexists(p):
+            os.symlink("busybox", p)
+    with open(os.path.join(root, "etc/passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+    with open(os.path.join(root, "etc/group"), "w") as f:
+        f.write("root:x:0:\nnogroup:x:65534:\n")
+    return root
+
+
+@pytest.fixture
+def busybox_rootfs(tmp_path) -> str:
+    return make_busybox_rootfs(str(tmp_path / "busybox-rootfs"))
