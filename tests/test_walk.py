@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 import reference
 from fstree import (
-    CAP_NET_RAW_V2, BlockDev, CharDev, Dir, Fifo, File, Hardlink, Symlink, build,
+    CAP_NET_RAW_V2,
+    BlockDev,
+    CharDev,
+    Dir,
+    Fifo,
+    File,
+    Hardlink,
+    Symlink,
+    build,
 )
 
 import snapdiff
