@@ -34,6 +34,9 @@ MNT_DETACH = 2
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # the options the kernel must honour: {"index": "off", ...}
 _REQUIRED = dict(opt.split("=", 1) for opt in OVERLAY_MOUNT_OPTIONS)
+# values as good as "off" for the check: redirect_dir=nofollow creates no redirect either
+_ACCEPTED = {name: {value, "nofollow"} if name == "redirect_dir" else {value}
+             for name, value in _REQUIRED.items()}
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def check_mount_options(info: MountInfo | str, *, defaults: dict[str, bool | Non
         shown = info.super_options.get(name)
         if shown is None and name in info.super_options:
             shown = "on"   # a bare flag
-        if shown is not None and shown != wanted:
+        if shown is not None and shown not in _ACCEPTED[name]:
             raise MountError(f"mount overlay '{info.mount_point}': the kernel did not honour "
                              f"{name}={wanted}: the mount has {name}={shown}")
         if shown is None and defaults.get(name):
@@ -238,7 +241,12 @@ def mount_overlay(lower_dirs: list[str], upper: str, work: str, merged: str, *,
     if is_mounted(merged):
         raise MountError(f"mount overlay '{merged}': already mounted")
     check_upper(upper)
-    options = list(OVERLAY_MOUNT_OPTIONS) + (["userxattr"] if userxattr else [])
+    options = list(OVERLAY_MOUNT_OPTIONS)
+    if userxattr:
+        # redirect_dir=off creates no redirect but follows existing ones, which userxattr
+        # forbids ("conflicting options"); nofollow creates none and follows none
+        options = ["redirect_dir=nofollow" if o == "redirect_dir=off" else o for o in options]
+        options.append("userxattr")
     context = f"mount overlay '{merged}'"
     if api not in ("auto", "fsconfig", "legacy"):
         raise ValueError(f"mount overlay: unknown api {api!r}")
