@@ -20,6 +20,7 @@ An image is any object with ``.id``, ``.name``, ``.lower_dirs`` (top layer first
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -242,10 +243,22 @@ def _make_cgroup(cid: str) -> tuple[str, str] | None:
     return kind, path
 
 
-def _remove_cgroup(path: str | None) -> None:
-    if path:
-        with contextlib.suppress(OSError):
+def _remove_cgroup(path: str | None, timeout: float = 2.0) -> None:
+    """rmdir the container's cgroup.  When PID 1 dies the kernel kills the rest of its PID
+    namespace, but they may leave the cgroup a moment later (EBUSY until then)."""
+    if not path:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
             os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 # --- the container ----------------------------------------------------------------------
@@ -399,7 +412,11 @@ class Container:
         """Mount, resolve the user and build the arguments of _core.spawn."""
         spec = self.spec
         merged = self.mount()
-        uid, gid, groups, home = resolve_user(merged, spec.get("user"))
+        try:
+            uid, gid, groups, home = resolve_user(merged, spec.get("user"))
+        except SpawnError as e:
+            self._after_failed_start()
+            raise SpawnError(f"run '{self.display_name}': {e}") from None
         env = list(spec["env"])
         if home and not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={home}")
