@@ -146,3 +146,164 @@ def diff_cmd(ctx: click.Context, a: str, b: str | None, as_json: bool, hash_all:
         for line in changes.lines():
             out.write(os.fsencode(line) + b"\n")
         out.flush()
+
+# --- containers ----------------------------------------------------------------------
+
+
+def _store_root(ctx: click.Context) -> str:
+    if ctx.obj.get("root"):
+        return ctx.obj["root"]
+    if os.geteuid() == 0:
+        return "/var/lib/snapdiff"
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "snapdiff")
+
+
+def _containers(ctx: click.Context):
+    from snapdiff.containers import Containers
+
+    return Containers(_store_root(ctx))
+
+
+def _status_text(c) -> str:
+    import time as _time
+
+    st = c.status
+    if st == "running":
+        return "Up (Paused)" if c.paused else "Up"
+    if st == "exited":
+        code = c.exit_code
+        ago = int(_time.time() - (c._data.get("finished_at") or c.created))
+        return f"Exited ({'?' if code is None else code}) {ago}s ago"
+    return "Created"
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("--name", default=None, help="Name of the container.")
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; print the id.")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("-w", "--workdir", default=None, metavar="DIR", help="Working directory.")
+@click.option("-u", "--user", default=None, metavar="UID[:GID]", help="User (name or id).")
+@click.option("--hostname", default=None, help="Host name (default: the short id).")
+@click.option("--network", type=click.Choice(["none", "host"]), default="none",
+              show_default=True, help="Network namespace: loopback only, or the host's.")
+@click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]", help="Bind mount.")
+@click.option("--runtime", type=click.Choice(["runc", "crun"]), default=None,
+              help="Run with an OCI runtime instead of the built-in launcher.")
+@click.argument("image")
+@click.argument("cmd", nargs=-1)
+@click.pass_context
+def run(ctx, name, remove, detach, env, workdir, user, hostname, network, volume, runtime,
+        image, cmd):
+    """Run CMD (or the image's command) in a new container from IMAGE."""
+    img = _store(ctx).image(image)
+    c, code = _containers(ctx).run(img, detach=detach, remove=remove, name=name,
+                                   cmd=list(cmd) or None, env=env, workdir=workdir, user=user,
+                                   hostname=hostname, network=network, volumes=volume,
+                                   runtime=runtime)
+    if detach:
+        click.echo(c.id)
+    ctx.exit(code)
+
+
+@cli.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too.")
+@click.pass_context
+def ps(ctx, show_all):
+    """List containers."""
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES")]
+    for c in _containers(ctx).list(all=show_all):
+        command = " ".join(c.spec["argv"])
+        if len(command) > 30:
+            command = command[:27] + "..."
+        rows.append((c.id[:12], c.image_name or c.image_id[7:19], command, _status_text(c),
+                     c.name or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.option("-t", "--time", "timeout", default=10.0, show_default=True,
+              help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def stop(ctx, timeout, containers):
+    """Stop running containers (SIGTERM, then SIGKILL)."""
+    cs = _containers(ctx)
+    for ref in containers:
+        cs.get(ref).stop(timeout=timeout)
+        click.echo(ref)
+
+
+@cli.command()
+@click.option("-s", "--signal", "sig", default="KILL", show_default=True,
+              help="Signal name or number.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def kill(ctx, sig, containers):
+    """Send a signal to running containers."""
+    import signal as _signal
+
+    if sig.isdigit():
+        signum = int(sig)
+    else:
+        name = sig.upper() if sig.upper().startswith("SIG") else "SIG" + sig.upper()
+        if not hasattr(_signal, name):
+            raise click.BadParameter(f"unknown signal '{sig}'", param_hint="'-s'")
+        signum = int(getattr(_signal, name))
+    cs = _containers(ctx)
+    for ref in containers:
+        cs.get(ref).kill(signum)
+        click.echo(ref)
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx, force, containers):
+    """Remove containers and their writable layers."""
+    cs = _containers(ctx)
+    for ref in containers:
+        cs.get(ref).remove(force=force)
+        click.echo(ref)
+
+
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("-w", "--workdir", default=None, metavar="DIR", help="Working directory.")
+@click.option("-u", "--user", default=None, metavar="UID[:GID]", help="User (name or id).")
+@click.argument("container")
+@click.argument("cmd", nargs=-1, required=True)
+@click.pass_context
+def exec_(ctx, env, workdir, user, container, cmd):
+    """Run CMD inside a running container's namespaces."""
+    code = _containers(ctx).get(container).exec(list(cmd), env=env, workdir=workdir, user=user)
+    ctx.exit(code)
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_context
+def mount(ctx, container):
+    """Mount a container's tree and print the path."""
+    click.echo(_containers(ctx).get(container).mount())
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_context
+def umount(ctx, container):
+    """Unmount a container's tree."""
+    _containers(ctx).get(container).umount()
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_context
+def logs(ctx, container):
+    """Print the output of a detached container."""
+    data = _containers(ctx).get(container).logs()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
