@@ -60,6 +60,7 @@ INDEX_TYPES = (MEDIA_TYPE_INDEX, DOCKER_MEDIA_TYPE_MANIFEST_LIST)
 _ACCEPT = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
 _MAX_MANIFEST = 4 << 20          # a manifest larger than this is refused, not buffered
 _IO_CHUNK = 1 << 20              # read/write/hash granularity for blob streams
+_GET_CHUNK = 256 << 10           # download granularity: what a dropped connection can lose
 DEFAULT_CHUNK_SIZE = 256 << 20   # blobs larger than this are uploaded in PATCH chunks
 DEFAULT_RETRIES = 3
 _BACKOFF = (0.2, 0.5, 1.0, 2.0)
@@ -353,6 +354,7 @@ class _Client:
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "snapdiff"
         self.lock = threading.Lock()
+        self.token_lock = threading.Lock()
         self.challenge: tuple[str, dict[str, str]] | None = None
         self.tokens: dict[tuple[str, ...], str] = {}
 
@@ -374,7 +376,11 @@ class _Client:
             return self._basic() if self.creds else None
         if scheme == "bearer":
             if token is None:
-                token = self._fetch_token(params, scope)
+                with self.token_lock:   # one token request per scope, not one per thread
+                    with self.lock:
+                        token = self.tokens.get(scope)
+                    if token is None:
+                        token = self._fetch_token(params, scope)
             return f"Bearer {token}"
         return None
 
@@ -878,7 +884,7 @@ class _Puller:
                 if r.status_code == 200 and have:
                     os.ftruncate(fd, 0)       # the registry ignored Range: start over
                     h, have = hashlib.sha256(), 0
-                for chunk in r.iter_content(_IO_CHUNK):
+                for chunk in r.iter_content(_GET_CHUNK):
                     if have + len(chunk) > size:
                         raise DigestMismatchError(
                             f"{self.c.what}: blob {digest}: registry sent more than {size} bytes")

@@ -178,6 +178,7 @@ class FaultProxy:
         self.faults: list[list] = []
         self.requests: list[tuple[str, str, int]] = []
         self.token_requests: list[str] = []
+        self.ranges: list[tuple[str, str]] = []   # (path, Range header) of ranged requests
         self.bearer = bearer
         self.users = users or {}
         self.tokens: dict[str, str] = {}
@@ -235,6 +236,9 @@ class FaultProxy:
         method, path = h.command, h.path
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
+        if h.headers.get("Range"):
+            with self.lock:
+                self.ranges.append((path, h.headers["Range"]))
         if self.bearer:
             if path.startswith("/token"):
                 self._issue_token(h)
