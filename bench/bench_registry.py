@@ -90,8 +90,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-registry-", dir=os.environ.get("BENCH_TMP", "/var/tmp"))
-    os.makedirs(os.path.join(work, "reg"))
-    reg = LocalRegistry(os.path.join(work, "reg"))
+    reg = None
     try:
         src = os.path.join(work, "src")
         t = time.perf_counter()
@@ -100,6 +99,14 @@ def main() -> None:
         res: dict[str, list[float]] = {"push_snapdiff": [], "push_skopeo": [], "pull_snapdiff": [],
                                         "pull_skopeo": []}
         for i in range(args.rounds):
+            # a fresh registry (new port, empty storage) per round: neither tool's memory of
+            # where a blob lives (our mount cache, skopeo's blob-info cache) can turn the
+            # upload into a mount
+            if reg:
+                reg.stop()
+                shutil.rmtree(reg.workdir)
+            os.makedirs(os.path.join(work, f"reg{i}"))
+            reg = LocalRegistry(os.path.join(work, f"reg{i}"))
             ours, theirs = f"{reg.host}/ours{i}/big:v1", f"{reg.host}/skopeo{i}/big:v1"
             res["push_snapdiff"].append(timed(registry.push, src, "big", ours, jobs=args.jobs))
             res["push_skopeo"].append(timed(
@@ -122,7 +129,8 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump({"size_mib": size, "rounds": res, "best": best}, f, indent=2)
     finally:
-        reg.stop()
+        if reg:
+            reg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
