@@ -307,3 +307,94 @@ def logs(ctx, container):
     data = _containers(ctx).get(container).logs()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+# --- registry -------------------------------------------------------------------------
+# push / pull move images between the store's OCI layout (<root>/oci) and a registry;
+# login / logout keep credentials in ~/.config/snapdiff/auth.json.
+
+def _layout_dir(ctx: click.Context) -> str:
+    root = ctx.obj["root"] or ("/var/lib/snapdiff" if os.geteuid() == 0
+                               else os.path.expanduser("~/.local/share/snapdiff"))
+    return os.path.join(root, "oci")
+
+
+def _image_name(name: str) -> str:
+    """``app`` -> ``app:latest``; a name with a tag or digest is left alone."""
+    last = name.rsplit("/", 1)[-1]
+    return name if (":" in last or "@" in name) else f"{name}:latest"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+@cli.command("push")
+@click.argument("image")
+@click.argument("dest", required=False)
+@click.option("--insecure", "--plain-http", "insecure", is_flag=True,
+              help="Use plain http (implied for 127.0.0.1 and localhost).")
+@click.option("-j", "--jobs", default=4, show_default=True, help="Blobs uploaded at once.")
+@click.pass_context
+def push_cmd(ctx: click.Context, image: str, dest: str | None, insecure: bool, jobs: int) -> None:
+    """Push IMAGE of the store to DEST (REGISTRY/REPO[:TAG]; default: IMAGE's own name)."""
+    from snapdiff import registry
+
+    image = _image_name(image)
+    dest = dest or image
+    r = registry.push(_layout_dir(ctx), image, dest, insecure=insecure, jobs=jobs)
+    click.echo(f"pushed {dest} {r.manifest_digest} ({len(r.uploaded)} uploaded, "
+               f"{len(r.skipped)} present, {len(r.mounted)} mounted, {_mib(r.bytes_uploaded)})")
+
+
+@cli.command("pull")
+@click.argument("source")
+@click.argument("name", required=False)
+@click.option("--insecure", "--plain-http", "insecure", is_flag=True,
+              help="Use plain http (implied for 127.0.0.1 and localhost).")
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+              help="Platform to pick from a multi-platform image (default: this machine).")
+@click.option("-j", "--jobs", default=4, show_default=True, help="Blobs downloaded at once.")
+@click.pass_context
+def pull_cmd(ctx: click.Context, source: str, name: str | None, insecure: bool,
+             platform: str | None, jobs: int) -> None:
+    """Pull SOURCE (REGISTRY/REPO[:TAG|@DIGEST]) into the store as NAME[:TAG]."""
+    from snapdiff import registry
+
+    layout = _layout_dir(ctx)
+    ref_name = _image_name(name or str(registry.parse_reference(source)))
+    r = registry.pull(source, layout, platform=platform, insecure=insecure, jobs=jobs)
+    registry.record_in_layout(layout, r.manifest, ref_name)
+    click.echo(f"pulled {source} as {ref_name} {r.manifest['digest']} ({len(r.fetched)} fetched, "
+               f"{len(r.reused)} present, {_mib(r.bytes_fetched)})")
+
+
+@cli.command("login")
+@click.argument("registry_host", metavar="REGISTRY")
+@click.option("-u", "--username", required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure", "--plain-http", "insecure", is_flag=True,
+              help="Use plain http (implied for 127.0.0.1 and localhost).")
+def login_cmd(registry_host: str, username: str, password_stdin: bool, insecure: bool) -> None:
+    """Check credentials for REGISTRY and save them."""
+    from snapdiff import registry
+
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    if not password:
+        raise click.UsageError("empty password")
+    path = registry.login(registry_host, username, password, insecure=insecure)
+    click.echo(f"login succeeded; credentials saved in {path}")
+
+
+@cli.command("logout")
+@click.argument("registry_host", metavar="REGISTRY")
+def logout_cmd(registry_host: str) -> None:
+    """Forget the saved credentials for REGISTRY."""
+    from snapdiff import auth
+
+    if not auth.remove(registry_host):
+        click.echo(f"snapdiff: logout '{registry_host}': not logged in", err=True)
+        sys.exit(1)
+    click.echo(f"removed credentials for {registry_host}")
