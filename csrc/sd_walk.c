@@ -219,8 +219,11 @@ static ssize_t x_get(int dfd, const char *name, const char *attr, void *buf, siz
 
 /* Append the xattr records of dfd/name to out->extra; returns the bytes appended, -1 when
  * out of memory, -2 on a syscall failure (errno in *errnum). */
-static long read_xattrs(struct walker *w, int dfd, const char *name, int *errnum)
+static long read_xattrs(struct walker *w, int dfd, const char *name, uint8_t *flags,
+                        int *errnum)
 {
+    const char *ovl = w->opts->overlay_prefix;
+    size_t ovl_len = ovl ? strlen(ovl) : 0;
     ssize_t n;
     for (;;) {
         if (sd_buf_reserve(&w->xbuf, 4096) < 0)
@@ -284,6 +287,18 @@ static long read_xattrs(struct walker *w, int dfd, const char *name, int *errnum
         }
         if (v < 0)
             continue;
+        if (ovl && strncmp(names[k].name, ovl, ovl_len) == 0) {
+            const char *what = names[k].name + ovl_len;
+            if (strcmp(what, "opaque") == 0 && v == 1 && w->vbuf.data[0] == 'y')
+                *flags |= SD_ENTRY_OPAQUE;
+            else if (strcmp(what, "redirect") == 0)
+                *flags |= SD_ENTRY_REDIRECT;
+            else if (strcmp(what, "metacopy") == 0)
+                *flags |= SD_ENTRY_METACOPY;
+            else if (strcmp(what, "whiteout") == 0)
+                *flags |= SD_ENTRY_XWHITEOUT;
+            continue; /* overlay's own bookkeeping (origin, impure, ...) is not content */
+        }
         uint32_t hdr[2] = {(uint32_t)names[k].len, (uint32_t)v};
         if (sd_buf_append(&w->out->extra, hdr, sizeof hdr) < 0 ||
             sd_buf_append(&w->out->extra, names[k].name, names[k].len) < 0 ||
@@ -374,7 +389,7 @@ static int visit(struct walker *w, int dfd, const char *name)
     }
     if (w->opts->xattrs) {
         int errnum = 0;
-        long n = read_xattrs(w, dfd, name, &errnum);
+        long n = read_xattrs(w, dfd, name, &e.flags, &errnum);
         if (n == -1)
             return nomem(w);
         if (n == -2) {

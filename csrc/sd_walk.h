@@ -16,6 +16,11 @@
 
 #define SD_ENTRY_HASHED 0x01     /* hash[] holds the XXH3-128 of the content */
 #define SD_ENTRY_HASH_FAILED 0x02 /* hashing was asked for but failed (see errors) */
+/* Set only when sd_walk_opts.overlay_prefix is given; those xattrs are then left out. */
+#define SD_ENTRY_OPAQUE 0x04     /* <prefix>opaque = "y": a directory that hides lower ones */
+#define SD_ENTRY_REDIRECT 0x08   /* <prefix>redirect: a renamed directory (redirect_dir=on) */
+#define SD_ENTRY_METACOPY 0x10   /* <prefix>metacopy: metadata-only copy-up (metacopy=on) */
+#define SD_ENTRY_XWHITEOUT 0x20  /* <prefix>whiteout: a whiteout made as a file with an xattr */
 
 /* 112 bytes; snapdiff/index.py declares the same layout as a numpy dtype. */
 struct sd_entry {
@@ -65,6 +70,9 @@ struct sd_walk_problem {
 struct sd_walk_opts {
     int one_file_system; /* do not descend into directories on another device */
     int xattrs;          /* read extended attributes */
+    /* When non-NULL ("trusted.overlay." or "user.overlay."): xattrs with this prefix are
+     * overlayfs' own markers; they set SD_ENTRY_* flags and are not recorded. Borrowed. */
+    const char *overlay_prefix;
 };
 
 /* The result of a walk.  All memory is owned by the struct; sd_walk_result_free releases it. */

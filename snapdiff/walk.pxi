@@ -51,13 +51,14 @@ cdef object _steal(sd_buf *b):
     return _own(p, n)
 
 
-def walk(path, *, bint one_file_system=True, bint xattrs=True):
+def walk(path, *, bint one_file_system=True, bint xattrs=True, overlay_prefix=None):
     """Walk the tree under `path`.
 
     Returns (entries, paths, extra, problems): three buffer objects (struct sd_entry[],
     the path blob, the link-target/xattr blob) and a list of (path, errno, op) for
-    entries that could not be read.  The GIL is released for the whole walk; SIGINT
-    stops it between directories."""
+    entries that could not be read.  With `overlay_prefix` (b"trusted.overlay." or
+    b"user.overlay."), overlay's xattrs become entry flags instead of xattrs.  The GIL is
+    released for the whole walk; SIGINT stops it between directories."""
     cdef sd_walk_result r
     cdef sd_walk_opts opts
     cdef sd_error err
@@ -66,6 +67,8 @@ def walk(path, *, bint one_file_system=True, bint xattrs=True):
     memset(&r, 0, sizeof(r))
     opts.one_file_system = one_file_system
     opts.xattrs = xattrs
+    cdef bytes ovl = bytes(overlay_prefix) if overlay_prefix is not None else None
+    opts.overlay_prefix = <const char *>ovl if ovl is not None else NULL
     sd_error_clear(&err)
     r.cancel = &cancel
     cdef int fd = _open_dir(path)

@@ -8,6 +8,10 @@ cdef extern from "sd_walk.h" nogil:
     enum:
         SD_ENTRY_HASHED
         SD_ENTRY_HASH_FAILED
+        SD_ENTRY_OPAQUE
+        SD_ENTRY_REDIRECT
+        SD_ENTRY_METACOPY
+        SD_ENTRY_XWHITEOUT
 
     struct sd_entry:
         uint64_t path_off
@@ -46,6 +50,7 @@ cdef extern from "sd_walk.h" nogil:
     struct sd_walk_opts:
         int one_file_system
         int xattrs
+        const char *overlay_prefix
 
     struct sd_walk_result:
         sd_buf entries
