@@ -58,7 +58,20 @@ def cli(ctx: click.Context, root: str | None, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="snapdiff")
+    """Entry point: every failure, usage errors included, is one line on stderr."""
+    try:
+        rv = cli.main(args=argv, prog_name="snapdiff", standalone_mode=False)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "snapdiff"
+        click.echo(f"snapdiff: {e.format_message()} (see '{where} --help')", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"snapdiff: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("snapdiff: aborted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _store(ctx: click.Context):
@@ -79,3 +92,55 @@ def with_store(f):
 
 
 # --- sub-commands of the core: snapshot, diff (see below) ----------------------------
+
+
+@cli.command("snapshot")
+@click.argument("directory", type=click.Path(file_okay=False, dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the index file.")
+@click.option("--no-hash", is_flag=True, help="Record stat data only; hash no file.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Hashing threads (default: one per CPU).")
+@click.option("--cross-mounts", is_flag=True, help="Descend into other mounted filesystems.")
+def snapshot_cmd(directory: str, output: str, no_hash: bool, threads: int | None,
+                 cross_mounts: bool) -> None:
+    """Walk DIRECTORY and write its index to a file."""
+    from snapdiff.index import snapshot
+
+    if not os.path.isdir(directory):
+        raise click.UsageError(f"snapshot: '{directory}' is not a directory")
+    ix = snapshot(directory, hash=not no_hash, threads=threads,
+                  one_file_system=not cross_mounts)
+    ix.save(output)
+    for p in ix.problems:
+        click.echo(f"snapdiff: warning: {p}", err=True)
+    click.echo(f"{len(ix)} entries -> {output}", err=True)
+
+
+@cli.command("diff")
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the changes as JSON.")
+@click.option("--hash-all", is_flag=True,
+              help="Hash every file of a live tree, not only those whose stat data changed.")
+@click.pass_context
+def diff_cmd(ctx: click.Context, a: str, b: str | None, as_json: bool, hash_all: bool) -> None:
+    """List changes from A to B (each a directory or an index file), or, with one
+    argument, the changes of container A, as `docker diff` does."""
+    if b is None:
+        from snapdiff.containers import Containers
+
+        changes = Containers(_store(ctx).root).get(a).diff()
+    else:
+        from snapdiff.diff import diff
+
+        for side in (a, b):
+            if not os.path.exists(side):
+                raise click.UsageError(f"diff: '{side}': no such directory or index file")
+        changes = diff(a, b, hash_all=hash_all)
+    if as_json:
+        click.echo(changes.to_json())
+    else:
+        out = click.get_text_stream("stdout")
+        for line in changes.lines():
+            out.write(line + "\n")

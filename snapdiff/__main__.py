@@ -1,0 +1,3 @@
+from snapdiff.cli import main
+
+main()
