@@ -46,6 +46,7 @@ from typing import BinaryIO
 
 from snapdiff import constants as C
 from snapdiff import oci
+from snapdiff.diff import diff
 from snapdiff.errors import (
     DigestMismatchError,
     ImageNotFound,
@@ -54,6 +55,7 @@ from snapdiff.errors import (
     StoreError,
     UnsupportedError,
 )
+from snapdiff.index import TreeIndex, snapshot
 
 __all__ = ["Store", "Image", "ImageRecord", "StoredLayer", "Problem", "default_root"]
 
@@ -132,18 +134,6 @@ def _copy_hashing(src: BinaryIO, dest: str, *, progress: Progress | None = None,
         out.flush()
         os.fsync(out.fileno())
     return "sha256:" + h.hexdigest(), n
-
-
-def _tree_index_api():
-    """The core's snapshot/TreeIndex when this build has them, else None (layers then
-    have no saved index and fsck checks their blobs only)."""
-    import snapdiff
-
-    snap = getattr(snapdiff, "snapshot", None)
-    tree_index = getattr(snapdiff, "TreeIndex", None)
-    if snap is None or tree_index is None:
-        return None
-    return snap, tree_index
 
 
 @dataclass(frozen=True)
@@ -392,10 +382,8 @@ class Store:
 
     @staticmethod
     def _save_index(layer_root: str) -> None:
-        """Save the TreeIndex of layer_root/diff as layer_root/index (when the core has it)."""
-        api = _tree_index_api()
-        if api is not None:
-            api[0](os.path.join(layer_root, "diff")).save(os.path.join(layer_root, "index"))
+        """Save the TreeIndex of layer_root/diff (every file hashed) as layer_root/index."""
+        snapshot(os.path.join(layer_root, "diff")).save(os.path.join(layer_root, "index"))
 
     def ensure_unpacked(self, digest: str, diff_id: str) -> str:
         """The layer's overlay directory, unpacking it from its blob if it is missing."""
@@ -1073,25 +1061,27 @@ class Store:
                 elif sizes[d["digest"].split(":", 1)[1]] != d.get("size"):
                     problems.append(Problem("blob", d["digest"], "size differs from the "
                                             f"descriptor of '{subject}'"))
-        api = _tree_index_api()
         if os.path.isdir(self.layers_dir):
             for n in sorted(os.listdir(self.layers_dir)):
                 root = os.path.join(self.layers_dir, n)
                 if not os.path.isdir(os.path.join(root, "diff")):
                     problems.append(Problem("layer", f"sha256:{n}", "no diff/ directory"))
                     continue
-                if api is not None and os.path.exists(os.path.join(root, "index")):
-                    problems.extend(self._check_layer_dir(api, n, root))
+                if os.path.exists(os.path.join(root, "index")):
+                    problems.extend(self._check_layer_dir(n, root))
         return problems
 
-    def _check_layer_dir(self, api, hexname: str, root: str) -> list[Problem]:
-        snap, tree_index = api
-        import snapdiff
-
-        saved = tree_index.load(os.path.join(root, "index"))
-        diff = getattr(snapdiff, "diff")
-        changes = diff(saved, os.path.join(root, "diff"), hash=True)
-        return [Problem("layer", f"sha256:{hexname}", f"'{os.fsdecode(c.path)}' {c.kind}")
+    @staticmethod
+    def _check_layer_dir(hexname: str, root: str) -> list[Problem]:
+        """Every file of an unpacked layer re-hashed against the index saved at unpack."""
+        subject = f"sha256:{hexname}"
+        try:
+            saved = TreeIndex.load(os.path.join(root, "index"))
+            changes = diff(saved, os.path.join(root, "diff"), hash_all=True)
+        except (SnapdiffError, OSError, ValueError) as e:
+            return [Problem("layer", subject, f"cannot check: {e}")]
+        return [Problem("layer", subject, f"'{os.fsdecode(c.path)}' {c.kind}"
+                        + (f" ({', '.join(sorted(c.fields))})" if c.fields else ""))
                 for c in changes]
 
 
