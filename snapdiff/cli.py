@@ -161,7 +161,7 @@ class _Bar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is not None:
-            self.bar.total = total
+            self.bar.total = total if total > 0 else None
             self.bar.n = done
             self.bar.refresh()
 

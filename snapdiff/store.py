@@ -586,7 +586,7 @@ class Store:
                 self.ensure_unpacked(s.digest, s.diff_id)
 
     def _record(self, staged: list[_Staged], config: bytes, manifest: bytes | None,
-                name: str | None) -> Image:
+                name: str | None, base_layers: list[dict] = ()) -> Image:
         """Publish layers, config, manifest and finally index.json; caller holds the lock."""
         self._publish_layers(staged)
         cdigest = self._put_blob_bytes(config)
@@ -596,7 +596,8 @@ class Store:
                 "mediaType": C.MEDIA_TYPE_MANIFEST,
                 "config": {"mediaType": C.MEDIA_TYPE_CONFIG, "digest": cdigest,
                            "size": len(config)},
-                "layers": [{"mediaType": s.media_type, "digest": s.digest, "size": s.size}
+                "layers": [dict(d) for d in base_layers] +
+                          [{"mediaType": s.media_type, "digest": s.digest, "size": s.size}
                            for s in staged],
             })
         mdigest = self._put_blob_bytes(manifest)
@@ -669,7 +670,8 @@ class Store:
                 staged.append(_Staged(info.digest, info.diff_id, info.size, info.media_type,
                                       blob, layer_dir))
             config = self._child_config(base, staged, config_changes, history_entry)
-            return self._record(staged, oci.canonical_json(config), None, name)
+            return self._record(staged, oci.canonical_json(config), None, name,
+                                base.layers if base is not None else [])
 
     def _child_config(self, base: Image | None, staged: list[_Staged],
                       changes: dict | None, history_entry: dict | str | None) -> dict:
@@ -748,7 +750,8 @@ class Store:
         with self.staging() as stage:
             blob = os.path.join(stage, "blob-0")
             info = write_layer(path, tree_items(path), blob, compression=compression,
-                               progress=progress)
+                               progress=None if progress is None else
+                               (lambda n: progress(n, 0)))
             s = self._stage_layer(stage, 0, blob, digest=info.digest, size=info.size,
                                   media_type=info.media_type, diff_id=info.diff_id,
                                   what=f"rootfs '{path}'")
@@ -1003,8 +1006,8 @@ class Store:
                     stats["layers"] += 1
             for name in os.listdir(self.tmp_dir):
                 pid = name.split(".", 1)[0]
-                if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-                    continue
+                if pid.isdigit() and _alive(int(pid)):
+                    continue  # a writer (maybe this process) is still using it
                 _rmtree(os.path.join(self.tmp_dir, name))
                 stats["tmp"] += 1
             for d in (self.oci_dir, self.blobs_dir):
