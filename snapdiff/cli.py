@@ -141,9 +141,11 @@ def diff_cmd(ctx: click.Context, a: str, b: str | None, as_json: bool, hash_all:
     if as_json:
         click.echo(changes.to_json())
     else:
-        out = click.get_text_stream("stdout")
+        # names are bytes and need not be UTF-8: print them as they are, like docker diff
+        out = sys.stdout.buffer
         for line in changes.lines():
-            out.write(line + "\n")
+            out.write(os.fsencode(line) + b"\n")
+        out.flush()
 
 
 # --- images --------------------------------------------------------------------------
