@@ -370,15 +370,18 @@ class Store:
         _syncfs(self.root)
         self._atomic_write(self.index_path, oci.canonical_json(index))
 
-    def _unpack_into(self, blob: str, dest_root: str, *, diff_id: str, digest: str) -> None:
-        """Unpack a blob for overlay use into dest_root/diff (+ dest_root/index)."""
+    def _unpack_into(self, blob: str, dest_root: str, *, diff_id: str | None,
+                     digest: str) -> str:
+        """Unpack a blob for overlay use into dest_root/diff (+ dest_root/index), verifying
+        its digest and diff_id (when known); returns the diff_id."""
         from snapdiff.extraction import extract_layer_to_new_dir
 
         os.makedirs(dest_root, exist_ok=True)
         diff = os.path.join(dest_root, "diff")
-        extract_layer_to_new_dir(blob, diff, overlay=True, expect_diff_id=diff_id,
-                                 expect_digest=digest)
+        res = extract_layer_to_new_dir(blob, diff, overlay=True, expect_diff_id=diff_id,
+                                       expect_digest=digest)
         self._save_index(dest_root)
+        return res.diff_id
 
     @staticmethod
     def _save_index(layer_root: str) -> None:
@@ -547,18 +550,18 @@ class Store:
                                        f"but the blob is {compression}")
         else:
             media_type = oci.media_type_for(compression)
-        if diff_id is None:
-            diff_id = digest if compression == "none" else oci.diff_id_of(blob, what=what)
-        oci.check_digest(diff_id, what)
+        if diff_id is None and compression == "none":
+            diff_id = digest
         layer_dir = None
-        if os.path.isdir(self.layer_dir(diff_id)):
+        if diff_id is not None and os.path.isdir(self.layer_dir(oci.check_digest(diff_id, what))):
+            # already unpacked: only check that this blob really is that layer
             got = digest if compression == "none" else oci.diff_id_of(blob, what=what)
             if got != diff_id:
                 raise DigestMismatchError(f"{what}: uncompressed content hashes to {got}, "
                                           f"expected diff_id {diff_id}")
         else:
             layer_dir = os.path.join(stage, f"layer-{i}")
-            self._unpack_into(blob, layer_dir, diff_id=diff_id, digest=digest)
+            diff_id = self._unpack_into(blob, layer_dir, diff_id=diff_id, digest=digest)
         return _Staged(digest, diff_id, size, media_type, blob, layer_dir)
 
     def _publish_layers(self, staged: list[_Staged]) -> None:
@@ -728,11 +731,12 @@ class Store:
                 history_template=[{"created_by": f"snapdiff import {source}"}])
             return self._import_source(src, name, progress)
         if t.kind == "oci":
-            return self._import_source(oci.read_oci_layout(t.path, t.ref), name, progress)
+            src = oci.read_oci_layout(t.path, t.ref)
+            return self._import_source(src, name or _name_or_none(src.name), progress)
         reader = oci.read_oci_archive if t.kind == "oci-archive" else oci.read_docker_archive
         src, files = reader(t.path, t.ref)
         try:
-            return self._import_source(src, name or src.name, progress)
+            return self._import_source(src, name or _name_or_none(src.name), progress)
         finally:
             files.close()
 
@@ -1086,6 +1090,17 @@ class Store:
         return [Problem("layer", subject, f"'{os.fsdecode(c.path)}' {c.kind}"
                         + (f" ({', '.join(sorted(c.fields))})" if c.fields else ""))
                 for c in changes]
+
+
+def _name_or_none(ref: str | None) -> str | None:
+    """The name a source gives an image, normalised; None when it is not a valid name
+    (an OCI ref name may be anything, e.g. a bare tag like '1.0-rc')."""
+    if not ref:
+        return None
+    try:
+        return oci.normalize_name(ref)
+    except UnsupportedError:
+        return None
 
 
 def _alive(pid: int) -> bool:
