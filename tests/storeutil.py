@@ -35,7 +35,7 @@ SAMPLE = [
 
 
 def describe(root: str, *, mtimes: bool = True, dir_mtimes: bool = True,
-             skip_xattrs: tuple[str, ...] = ("trusted.overlay.",)) -> dict:
+             seconds: bool = False, skip_xattrs: tuple[str, ...] = ("trusted.overlay.",)) -> dict:
     """path -> (type, mode, uid, gid, size, sha256, link target, xattrs, mtime, links)."""
     out = {}
     root_b = os.fsencode(root)
@@ -56,6 +56,8 @@ def describe(root: str, *, mtimes: bool = True, dir_mtimes: bool = True,
                         xattrs[k] = os.getxattr(p, k, follow_symlinks=False)
             mt = st.st_mtime_ns if mtimes and (dir_mtimes or not stat.S_ISDIR(st.st_mode)) \
                 else None
+            if mt is not None and seconds:
+                mt //= 1_000_000_000
             out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
                         st.st_gid, st.st_size if not stat.S_ISDIR(st.st_mode) else None,
                         digest, target, tuple(sorted(xattrs.items())),

@@ -447,14 +447,20 @@ def test_sigkill_during_import(store, src, tmp_path, busybox_rootfs):
     source = busybox_rootfs
     rng = random.Random(1234)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
-    for delay in sorted(rng.uniform(0.05, 1.5) for _ in range(5)):
-        p = subprocess.Popen([sys.executable, "-c", _IMPORT, store.root, source], env=env,
+    argv = [sys.executable, "-c", _IMPORT]
+    t0 = time.monotonic()  # how long a whole import takes here, to kill inside it
+    subprocess.run(argv + [str(tmp_path / "scratch"), source], env=env, check=True)
+    whole = time.monotonic() - t0
+    killed = 0
+    for delay in sorted(rng.uniform(0.1 * whole, 0.95 * whole) for _ in range(6)):
+        p = subprocess.Popen(argv + [store.root, source], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
-        p.wait()
+        killed += p.wait() == -signal.SIGKILL
         assert Store(store.root).fsck() == [], f"after kill at {delay:.2f}s"
         assert store.image("app:1").name == "app:1"
+    assert killed >= 3, f"only {killed} of 6 imports were killed before they finished"
     img = Store(store.root).import_(source, "crash:1")
     assert describe(img.lower_dirs[0]) == describe(source)
     Store(store.root).gc()
