@@ -32,7 +32,7 @@ from snapdiff.constants import LAYER_MEDIA_TYPES
 from snapdiff.errors import FileChangedError, UnsafeLayerError, UnsupportedError
 from snapdiff.layers import ItemKind, tree_items, write_layer
 
-E, W, O = ItemKind.ENTRY, ItemKind.WHITEOUT, ItemKind.OPAQUE
+E, W, OPQ = ItemKind.ENTRY, ItemKind.WHITEOUT, ItemKind.OPAQUE
 T2020 = 1577836800  # 2020-01-01T00:00:00Z
 
 
@@ -350,8 +350,8 @@ def test_sparse_file_over_8gib_streams_with_pax_size(tmp):
 def test_whiteouts_and_opaque_markers_in_place(tmp):
     root = str(tmp / "root")
     build(root, [Dir("etc", mtime=T2020 * 10**9), File("etc/new", b"n"), Dir("var")])
-    items = [(b"etc", E), (b"etc", O), (b"etc/new", E), (b"etc/old", W), (b"gone", W),
-             (b"var", E), (b"var", O)]
+    items = [(b"etc", E), (b"etc", OPQ), (b"etc/new", E), (b"etc/old", W), (b"gone", W),
+             (b"var", E), (b"var", OPQ)]
     data = tar_bytes(root, items)
     names = [n for n, t, _ in parse_blocks(data) if t != b"x"]
     assert names == [b"etc/", b"etc/.wh..wh..opq", b"etc/new", b"etc/.wh.old", b".wh.gone",
