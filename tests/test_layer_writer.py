@@ -496,7 +496,7 @@ def test_file_that_shrinks_or_grows_mid_read_fails(tmp):
 
 def test_change_during_write_layer_leaves_no_output(tmp):
     root = tmp / "root"
-    build(str(root), [File("big", b"\1" * (6 << 20)), File("other", b"o")])
+    build(str(root), [File("big", b"\1" * (40 << 20))  # more than the chunks read ahead, File("other", b"o")])
     dest = tmp / "layer.tar.gz"
     calls = []
 
