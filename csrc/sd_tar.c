@@ -123,7 +123,11 @@ struct sd_tar_writer {
     int file_fd;              /* owned or -1: the regular file being streamed */
     uint64_t file_size;
     uint64_t file_left;
+    uint64_t file_pos;
     size_t file_item;
+    int file_sparse;          /* fewer blocks than bytes: holes are found with SEEK_DATA */
+    int seg_hole;             /* the segment [file_pos, seg_end) is a hole (zeros) */
+    uint64_t seg_end;
 
     struct link_slot *links;  /* owned */
     size_t links_cap;
@@ -886,7 +890,11 @@ header:
         } else {
             w->file_fd = fd;
             w->file_size = w->file_left = h.size;
+            w->file_pos = 0;
             w->file_item = idx;
+            /* holes are written as the zeros they read, without reading them */
+            w->file_sparse = (uint64_t)st.st_blocks * 512 < h.size;
+            w->seg_end = 0;
         }
     }
     return 0;
@@ -902,6 +910,36 @@ static int emit_item(struct sd_tar_writer *w, size_t idx, struct sd_error *err)
     if (it->kind == SD_TAR_ENTRY)
         return emit_entry(w, idx, err);
     return emit_marker(w, it, err);
+}
+
+/* Find the segment (data or hole) of the current sparse file that starts at file_pos. */
+static int next_segment(struct sd_tar_writer *w, struct sd_error *err)
+{
+    off_t pos = (off_t)w->file_pos, d, h;
+    d = lseek(w->file_fd, pos, SEEK_DATA);
+    if (d < 0 && errno == ENXIO) {  /* a hole up to the end (a shrink is caught by end_file) */
+        w->seg_hole = 1;
+        w->seg_end = w->file_size;
+        return 0;
+    }
+    if (d < 0 && (errno == EINVAL || errno == EOPNOTSUPP)) {  /* no SEEK_DATA here: read it */
+        w->seg_hole = 0;
+        w->seg_end = w->file_size;
+        return 0;
+    }
+    if (d < 0) {
+        const struct item *it = item_at(w, w->file_item);
+        return sd_error_os(err, errno, "lseek", (const char *)w->paths.data + it->off, it->len);
+    }
+    if (d > pos) {
+        w->seg_hole = 1;
+        w->seg_end = (uint64_t)d < w->file_size ? (uint64_t)d : w->file_size;
+        return 0;
+    }
+    h = lseek(w->file_fd, pos, SEEK_HOLE);
+    w->seg_hole = 0;
+    w->seg_end = h > pos && (uint64_t)h < w->file_size ? (uint64_t)h : w->file_size;
+    return 0;
 }
 
 /* The current file's content is read: check it still has the size its header says. */
@@ -954,7 +992,20 @@ int sd_tar_writer_read(struct sd_tar_writer *w, uint8_t *buf, size_t cap, size_t
                     want = (size_t)w->file_left;
                 if (want > w->read_chunk)
                     want = w->read_chunk;
-                r = read(w->file_fd, buf + n, want);
+                if (w->file_sparse) {
+                    if (w->file_pos >= w->seg_end && next_segment(w, err) < 0)
+                        goto fail;
+                    if (want > w->seg_end - w->file_pos)
+                        want = (size_t)(w->seg_end - w->file_pos);
+                    if (w->seg_hole) {
+                        memset(buf + n, 0, want);
+                        r = (ssize_t)want;
+                    } else {
+                        r = pread(w->file_fd, buf + n, want, (off_t)w->file_pos);
+                    }
+                } else {
+                    r = read(w->file_fd, buf + n, want);
+                }
                 if (r < 0) {
                     const struct item *it = item_at(w, w->file_item);
                     if (errno == EINTR)
@@ -972,6 +1023,7 @@ int sd_tar_writer_read(struct sd_tar_writer *w, uint8_t *buf, size_t cap, size_t
                 }
                 n += (size_t)r;
                 w->file_left -= (uint64_t)r;
+                w->file_pos += (uint64_t)r;
                 continue;
             }
             if (end_file(w, err) < 0)

@@ -51,8 +51,8 @@ COMPRESSIONS = tuple(LAYER_MEDIA_TYPES)  # ("none", "gzip", "zstd")
 # Bytes of tar per deflate block.  Part of the output format: changing it changes digests.
 GZIP_BLOCK = 1 << 20
 # Bytes of tar read from the C writer at a time (a multiple of GZIP_BLOCK).
-CHUNK = GZIP_BLOCK
-_BUFFERS = 4  # chunks in flight between the reading thread and the hashing one
+CHUNK = 4 * GZIP_BLOCK
+_BUFFERS = 3  # chunks in flight between the reading thread and the hashing one
 
 _LEVELS = {"gzip": (0, 3, 2), "zstd": (-7, 22, 3)}  # min, max, default
 
@@ -204,9 +204,17 @@ def _write(tw, dest: BinaryIO, compression: str, level: int | None, threads: int
     comp = _compressor(compression, level, threads, sink)
     ok = False
     try:
-        def out(mv: memoryview) -> None:
-            diff_sha.update(mv)
-            comp.write(mv)
+        if compression == "gzip":
+            def out(mv: memoryview) -> None:
+                diff_sha.update(mv)
+                # whole blocks only: the block boundaries (hence the bytes) depend on nothing
+                # but the tar, whatever the writer's own buffering does
+                for i in range(0, len(mv), GZIP_BLOCK):
+                    comp.write(mv[i:i + GZIP_BLOCK])
+        else:
+            def out(mv: memoryview) -> None:
+                diff_sha.update(mv)
+                comp.write(mv)
 
         total = _stream(tw, out, progress)
         ok = True
