@@ -168,20 +168,68 @@ static int cmp_xname(const void *a, const void *b)
     return strcmp(((const struct xname *)a)->name, ((const struct xname *)b)->name);
 }
 
-/* Append the xattr records of dfd/name to out->extra; returns the bytes appended or -1. */
-static long read_xattrs(struct walker *w, int dfd, const char *name, int *errnum)
+/* The *xattrat syscalls (Linux 6.13) read xattrs of a name relative to a directory fd.
+ * Older kernels answer ENOSYS, and we go through /proc/self/fd/DIRFD/NAME instead, which
+ * costs a procfs path lookup per entry. */
+#ifndef SYS_listxattrat
+#if defined(__x86_64__) || defined(__aarch64__) || defined(__riscv)
+#define SYS_listxattrat 465
+#define SYS_getxattrat 464
+#endif
+#endif
+
+struct sd_xattr_args {
+    uint64_t value;
+    uint32_t size;
+    uint32_t flags;
+};
+
+static atomic_int have_xattrat = 1;
+
+static ssize_t x_list(int dfd, const char *name, char *buf, size_t size)
 {
+#ifdef SYS_listxattrat
+    if (atomic_load_explicit(&have_xattrat, memory_order_relaxed)) {
+        long r = syscall(SYS_listxattrat, dfd, name, AT_SYMLINK_NOFOLLOW, buf, size);
+        if (r >= 0 || errno != ENOSYS)
+            return (ssize_t)r;
+        atomic_store(&have_xattrat, 0);
+    }
+#endif
     char proc[64 + NAME_MAX];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d/%s", dfd, name);
+    return llistxattr(proc, buf, size);
+}
+
+static ssize_t x_get(int dfd, const char *name, const char *attr, void *buf, size_t size)
+{
+#ifdef SYS_getxattrat
+    if (atomic_load_explicit(&have_xattrat, memory_order_relaxed)) {
+        struct sd_xattr_args a = {.value = (uint64_t)(uintptr_t)buf, .size = (uint32_t)size};
+        long r = syscall(SYS_getxattrat, dfd, name, AT_SYMLINK_NOFOLLOW, attr, &a, sizeof a);
+        if (r >= 0 || errno != ENOSYS)
+            return (ssize_t)r;
+        atomic_store(&have_xattrat, 0);
+    }
+#endif
+    char proc[64 + NAME_MAX];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d/%s", dfd, name);
+    return lgetxattr(proc, attr, buf, size);
+}
+
+/* Append the xattr records of dfd/name to out->extra; returns the bytes appended, -1 when
+ * out of memory, -2 on a syscall failure (errno in *errnum). */
+static long read_xattrs(struct walker *w, int dfd, const char *name, int *errnum)
+{
     ssize_t n;
     for (;;) {
         if (sd_buf_reserve(&w->xbuf, 4096) < 0)
             return -1;
-        n = llistxattr(proc, (char *)w->xbuf.data, w->xbuf.cap);
+        n = x_list(dfd, name, (char *)w->xbuf.data, w->xbuf.cap);
         if (n >= 0)
             break;
         if (errno == ERANGE) {
-            ssize_t need = llistxattr(proc, NULL, 0);
+            ssize_t need = x_list(dfd, name, NULL, 0);
             if (need < 0) {
                 *errnum = errno;
                 return -2;
@@ -217,11 +265,11 @@ static long read_xattrs(struct walker *w, int dfd, const char *name, int *errnum
         for (;;) {
             if (sd_buf_reserve(&w->vbuf, 256) < 0)
                 goto nomem;
-            v = lgetxattr(proc, names[k].name, w->vbuf.data, w->vbuf.cap);
+            v = x_get(dfd, name, names[k].name, w->vbuf.data, w->vbuf.cap);
             if (v >= 0)
                 break;
             if (errno == ERANGE) {
-                ssize_t need = lgetxattr(proc, names[k].name, NULL, 0);
+                ssize_t need = x_get(dfd, name, names[k].name, NULL, 0);
                 if (need >= 0 && sd_buf_reserve(&w->vbuf, (size_t)need + 1) < 0)
                     goto nomem;
                 if (need >= 0)

@@ -292,3 +292,256 @@ def fsck_cmd(store) -> None:
     if problems:
         sys.exit(1)
     click.echo("ok")
+
+
+# --- containers ----------------------------------------------------------------------
+
+
+def _store_root(ctx: click.Context) -> str:
+    if ctx.obj.get("root"):
+        return ctx.obj["root"]
+    if os.geteuid() == 0:
+        return "/var/lib/snapdiff"
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "snapdiff")
+
+
+def _containers(ctx: click.Context):
+    from snapdiff.containers import Containers
+
+    return Containers(_store_root(ctx))
+
+
+def _status_text(c) -> str:
+    import time as _time
+
+    st = c.status
+    if st == "running":
+        return "Up (Paused)" if c.paused else "Up"
+    if st == "exited":
+        code = c.exit_code
+        ago = int(_time.time() - (c._data.get("finished_at") or c.created))
+        return f"Exited ({'?' if code is None else code}) {ago}s ago"
+    return "Created"
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("--name", default=None, help="Name of the container.")
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; print the id.")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("-w", "--workdir", default=None, metavar="DIR", help="Working directory.")
+@click.option("-u", "--user", default=None, metavar="UID[:GID]", help="User (name or id).")
+@click.option("--hostname", default=None, help="Host name (default: the short id).")
+@click.option("--network", type=click.Choice(["none", "host"]), default="none",
+              show_default=True, help="Network namespace: loopback only, or the host's.")
+@click.option("-v", "--volume", multiple=True, metavar="HOST:CTR[:ro]", help="Bind mount.")
+@click.option("--runtime", type=click.Choice(["runc", "crun"]), default=None,
+              help="Run with an OCI runtime instead of the built-in launcher.")
+@click.argument("image")
+@click.argument("cmd", nargs=-1)
+@click.pass_context
+def run(ctx, name, remove, detach, env, workdir, user, hostname, network, volume, runtime,
+        image, cmd):
+    """Run CMD (or the image's command) in a new container from IMAGE."""
+    img = _store(ctx).image(image)
+    c, code = _containers(ctx).run(img, detach=detach, remove=remove, name=name,
+                                   cmd=list(cmd) or None, env=env, workdir=workdir, user=user,
+                                   hostname=hostname, network=network, volumes=volume,
+                                   runtime=runtime)
+    if detach:
+        click.echo(c.id)
+    ctx.exit(code)
+
+
+@cli.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too.")
+@click.pass_context
+def ps(ctx, show_all):
+    """List containers."""
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES")]
+    for c in _containers(ctx).list(all=show_all):
+        command = " ".join(c.spec["argv"])
+        if len(command) > 30:
+            command = command[:27] + "..."
+        rows.append((c.id[:12], c.image_name or c.image_id[7:19], command, _status_text(c),
+                     c.name or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.option("-t", "--time", "timeout", default=10.0, show_default=True,
+              help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def stop(ctx, timeout, containers):
+    """Stop running containers (SIGTERM, then SIGKILL)."""
+    cs = _containers(ctx)
+    for ref in containers:
+        cs.get(ref).stop(timeout=timeout)
+        click.echo(ref)
+
+
+@cli.command()
+@click.option("-s", "--signal", "sig", default="KILL", show_default=True,
+              help="Signal name or number.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def kill(ctx, sig, containers):
+    """Send a signal to running containers."""
+    import signal as _signal
+
+    if sig.isdigit():
+        signum = int(sig)
+    else:
+        name = sig.upper() if sig.upper().startswith("SIG") else "SIG" + sig.upper()
+        if not hasattr(_signal, name):
+            raise click.BadParameter(f"unknown signal '{sig}'", param_hint="'-s'")
+        signum = int(getattr(_signal, name))
+    cs = _containers(ctx)
+    for ref in containers:
+        cs.get(ref).kill(signum)
+        click.echo(ref)
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx, force, containers):
+    """Remove containers and their writable layers."""
+    cs = _containers(ctx)
+    for ref in containers:
+        cs.get(ref).remove(force=force)
+        click.echo(ref)
+
+
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("-w", "--workdir", default=None, metavar="DIR", help="Working directory.")
+@click.option("-u", "--user", default=None, metavar="UID[:GID]", help="User (name or id).")
+@click.argument("container")
+@click.argument("cmd", nargs=-1, required=True)
+@click.pass_context
+def exec_(ctx, env, workdir, user, container, cmd):
+    """Run CMD inside a running container's namespaces."""
+    code = _containers(ctx).get(container).exec(list(cmd), env=env, workdir=workdir, user=user)
+    ctx.exit(code)
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_context
+def mount(ctx, container):
+    """Mount a container's tree and print the path."""
+    click.echo(_containers(ctx).get(container).mount())
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_context
+def umount(ctx, container):
+    """Unmount a container's tree."""
+    _containers(ctx).get(container).umount()
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_context
+def logs(ctx, container):
+    """Print the output of a detached container."""
+    data = _containers(ctx).get(container).logs()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+# --- registry -------------------------------------------------------------------------
+# push / pull move images between the store's OCI layout (<root>/oci) and a registry;
+# login / logout keep credentials in ~/.config/snapdiff/auth.json.
+
+def _layout_dir(ctx: click.Context) -> str:
+    root = ctx.obj["root"] or ("/var/lib/snapdiff" if os.geteuid() == 0
+                               else os.path.expanduser("~/.local/share/snapdiff"))
+    return os.path.join(root, "oci")
+
+
+def _image_name(name: str) -> str:
+    """``app`` -> ``app:latest``; a name with a tag or digest is left alone."""
+    last = name.rsplit("/", 1)[-1]
+    return name if (":" in last or "@" in name) else f"{name}:latest"
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+@cli.command("push")
+@click.argument("image")
+@click.argument("dest", required=False)
+@click.option("--insecure", "--plain-http", "insecure", is_flag=True,
+              help="Use plain http (implied for 127.0.0.1 and localhost).")
+@click.option("-j", "--jobs", default=4, show_default=True, help="Blobs uploaded at once.")
+@click.pass_context
+def push_cmd(ctx: click.Context, image: str, dest: str | None, insecure: bool, jobs: int) -> None:
+    """Push IMAGE of the store to DEST (REGISTRY/REPO[:TAG]; default: IMAGE's own name)."""
+    from snapdiff import registry
+
+    image = _image_name(image)
+    dest = dest or image
+    r = registry.push(_layout_dir(ctx), image, dest, insecure=insecure, jobs=jobs)
+    click.echo(f"pushed {dest} {r.manifest_digest} ({len(r.uploaded)} uploaded, "
+               f"{len(r.skipped)} present, {len(r.mounted)} mounted, {_mib(r.bytes_uploaded)})")
+
+
+@cli.command("pull")
+@click.argument("source")
+@click.argument("name", required=False)
+@click.option("--insecure", "--plain-http", "insecure", is_flag=True,
+              help="Use plain http (implied for 127.0.0.1 and localhost).")
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+              help="Platform to pick from a multi-platform image (default: this machine).")
+@click.option("-j", "--jobs", default=4, show_default=True, help="Blobs downloaded at once.")
+@click.pass_context
+def pull_cmd(ctx: click.Context, source: str, name: str | None, insecure: bool,
+             platform: str | None, jobs: int) -> None:
+    """Pull SOURCE (REGISTRY/REPO[:TAG|@DIGEST]) into the store as NAME[:TAG]."""
+    from snapdiff import registry
+
+    layout = _layout_dir(ctx)
+    ref_name = _image_name(name or str(registry.parse_reference(source)))
+    r = registry.pull(source, layout, platform=platform, insecure=insecure, jobs=jobs)
+    registry.record_in_layout(layout, r.manifest, ref_name)
+    click.echo(f"pulled {source} as {ref_name} {r.manifest['digest']} ({len(r.fetched)} fetched, "
+               f"{len(r.reused)} present, {_mib(r.bytes_fetched)})")
+
+
+@cli.command("login")
+@click.argument("registry_host", metavar="REGISTRY")
+@click.option("-u", "--username", required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure", "--plain-http", "insecure", is_flag=True,
+              help="Use plain http (implied for 127.0.0.1 and localhost).")
+def login_cmd(registry_host: str, username: str, password_stdin: bool, insecure: bool) -> None:
+    """Check credentials for REGISTRY and save them."""
+    from snapdiff import registry
+
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    if not password:
+        raise click.UsageError("empty password")
+    path = registry.login(registry_host, username, password, insecure=insecure)
+    click.echo(f"login succeeded; credentials saved in {path}")
+
+
+@cli.command("logout")
+@click.argument("registry_host", metavar="REGISTRY")
+def logout_cmd(registry_host: str) -> None:
+    """Forget the saved credentials for REGISTRY."""
+    from snapdiff import auth
+
+    if not auth.remove(registry_host):
+        click.echo(f"snapdiff: logout '{registry_host}': not logged in", err=True)
+        sys.exit(1)
+    click.echo(f"removed credentials for {registry_host}")
