@@ -10,3 +10,7 @@ from snapdiff.index import Entry, TreeIndex, snapshot
 
 __all__ = ["Change", "Diff", "Entry", "SnapdiffError", "TreeIndex", "diff", "snapshot",
            "__version__"]
+
+from snapdiff.store import Image, Store  # noqa: E402
+
+__all__ += ["Image", "Store"]

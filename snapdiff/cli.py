@@ -147,6 +147,153 @@ def diff_cmd(ctx: click.Context, a: str, b: str | None, as_json: bool, hash_all:
             out.write(os.fsencode(line) + b"\n")
         out.flush()
 
+
+# --- images --------------------------------------------------------------------------
+
+class _Bar:
+    """A tqdm progress bar on a terminal (stderr), nothing otherwise; a progress callback."""
+
+    def __init__(self, desc: str):
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                            leave=False, file=sys.stderr)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total if total > 0 else None
+            self.bar.n = done
+            self.bar.refresh()
+
+    def __enter__(self):
+        return self if self.bar is not None else None
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n}"
+
+
+@cli.command("import")
+@click.argument("source")
+@click.argument("name", required=False)
+@click.option("--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip",
+              show_default=True, help="Compression of the layer written for a rootfs directory.")
+@with_store
+def import_cmd(store, source: str, name: str | None, compression: str) -> None:
+    """Import SOURCE as an image: a rootfs directory, a rootfs tarball (.tar, .tar.gz,
+    .tar.zst, or - for stdin), oci:DIR[:REF], oci-archive:FILE[:REF] or
+    docker-archive:FILE[:REF]."""
+    with _Bar("import") as bar:
+        img = store.import_(source, name, compression=compression, progress=bar)
+    click.echo(img.id)
+
+
+@cli.command("images")
+@click.option("-q", "--quiet", is_flag=True, help="Print image ids only.")
+@with_store
+def images_cmd(store, quiet: bool) -> None:
+    """List the images of the store."""
+    records = store.images()
+    if quiet:
+        for r in records:
+            click.echo(r.id)
+        return
+    click.echo(f"{'NAME':<40} {'IMAGE ID':<12}  {'CREATED':<20} {'SIZE':>9}")
+    for r in records:
+        click.echo(f"{(r.name or '<none>'):<40} {_short(r.id):<12}  "
+                   f"{(r.created or '')[:19]:<20} {_human(r.size):>9}")
+
+
+@cli.command("inspect")
+@click.argument("image")
+@with_store
+def inspect_cmd(store, image: str) -> None:
+    """Print what the store knows of IMAGE as JSON."""
+    import json
+
+    click.echo(json.dumps(store.inspect(image), indent=2))
+
+
+@cli.command("history")
+@click.argument("image")
+@with_store
+def history_cmd(store, image: str) -> None:
+    """Show the history of IMAGE, newest first."""
+    click.echo(f"{'LAYER':<12}  {'CREATED':<20} {'SIZE':>9}  CREATED BY")
+    for h in store.history(image):
+        layer = _short(h["layer"]) if h["layer"] else "<empty>"
+        click.echo(f"{layer:<12}  {(h['created'] or '')[:19]:<20} {_human(h['size']):>9}  "
+                   f"{h['created_by'] or h['comment']}")
+
+
+@cli.command("tag")
+@click.argument("src")
+@click.argument("dst")
+@with_store
+def tag_cmd(store, src: str, dst: str) -> None:
+    """Give image SRC the name DST (moving DST from any other image)."""
+    img = store.tag(src, dst)
+    click.echo(f"{img.name} {_short(img.id)}")
+
+
+@cli.command("rmi")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Remove every name of an image given by id.")
+@with_store
+def rmi_cmd(store, images: tuple[str, ...], force: bool) -> None:
+    """Remove image names (blobs and layers stay until gc)."""
+    for ref in images:
+        for removed in store.rmi(ref, force=force):
+            click.echo(f"untagged {removed}")
+
+
+@cli.command("export")
+@click.argument("image")
+@click.argument("dest")
+@with_store
+def export_cmd(store, image: str, dest: str) -> None:
+    """Write IMAGE to DEST: oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE,
+    or a flattened rootfs tarball (rootfs:FILE or FILE.tar[.gz|.zst])."""
+    with _Bar("export") as bar:
+        store.export(image, dest, progress=bar)
+
+
+@cli.command("gc")
+@with_store
+def gc_cmd(store) -> None:
+    """Remove blobs and unpacked layers that no image references."""
+    s = store.gc()
+    click.echo(f"removed {s['blobs']} blobs ({_human(s['bytes'])}), {s['layers']} unpacked "
+               f"layers, {s['tmp']} temporaries")
+
+
+@cli.command("fsck")
+@with_store
+def fsck_cmd(store) -> None:
+    """Re-hash every blob and unpacked layer; exit 1 on any problem."""
+    with _Bar("fsck") as bar:
+        problems = store.fsck(progress=bar)
+    for p in problems:
+        click.echo(f"snapdiff: fsck: {p}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo("ok")
+
+
 # --- containers ----------------------------------------------------------------------
 
 
