@@ -1,6 +1,7 @@
 /* sd_index.c: tree-order comparison, lookup, validation, join and diff of sorted indexes. */
 #include "sd_index.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -125,10 +126,66 @@ static uint32_t compare(const struct sd_entry *x, const uint8_t *xx, const struc
         memcmp(xx + x->extra_off + x->link_len, xy + y->extra_off + y->link_len,
                x->xattr_len) != 0)
         f |= SD_DIFF_XATTR;
+    if ((x->flags ^ y->flags) & SD_ENTRY_OPAQUE)
+        f |= SD_DIFF_OPAQUE;
     return f;
 }
 
-#define CONTENT_FIELDS (SD_DIFF_CONTENT | SD_DIFF_SIZE | SD_DIFF_LINK | SD_DIFF_RDEV)
+#define CONTENT_FIELDS \
+    (SD_DIFF_CONTENT | SD_DIFF_SIZE | SD_DIFF_LINK | SD_DIFF_RDEV | SD_DIFF_OPAQUE)
+
+void sd_index_compare_pairs(const struct sd_entry *a, const uint8_t *xa, const int64_t *ia,
+                            const struct sd_entry *b, const uint8_t *xb, const int64_t *ib,
+                            size_t n, unsigned flags, uint32_t *fields)
+{
+    for (size_t k = 0; k < n; k++) {
+        const struct sd_entry *x = &a[ia[k]], *y = &b[ib[k]];
+        fields[k] = ((x->mode ^ y->mode) & S_IFMT) ? SD_DIFF_TYPE : compare(x, xa, y, xb, flags);
+    }
+}
+
+void sd_index_parents(const struct sd_entry *e, size_t n, const uint8_t *paths,
+                      int64_t *parent)
+{
+    /* stack of the previous entry's ancestors; depth is bounded by the path length */
+    int64_t small[256], *stack = small;
+    size_t cap = 256, top = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *p = paths + e[i].path_off;
+        size_t len = e[i].path_len;
+        size_t slash = len;
+        while (slash > 0 && p[slash - 1] != '/')
+            slash--;
+        /* the parent's path is p[0 .. slash-1), empty for top-level entries */
+        parent[i] = -1;
+        while (top > 0) {
+            const struct sd_entry *t = &e[stack[top - 1]];
+            if (t->path_len < len && p[t->path_len] == '/' &&
+                memcmp(paths + t->path_off, p, t->path_len) == 0)
+                break; /* an ancestor of entry i */
+            top--;
+        }
+        if (top > 0 && slash > 0 && e[stack[top - 1]].path_len == slash - 1)
+            parent[i] = stack[top - 1];
+        if (top == cap) {
+            int64_t *bigger = malloc(2 * cap * sizeof *bigger);
+            if (bigger == NULL) {
+                /* cannot happen for real trees (depth < PATH_MAX*...); degrade to no parent */
+                for (size_t k = i + 1; k < n; k++)
+                    parent[k] = -1;
+                break;
+            }
+            memcpy(bigger, stack, top * sizeof *bigger);
+            if (stack != small)
+                free(stack);
+            stack = bigger;
+            cap *= 2;
+        }
+        stack[top++] = (int64_t)i;
+    }
+    if (stack != small)
+        free(stack);
+}
 
 static int emit(struct sd_buf *out, int64_t ia, int64_t ib, uint32_t kind, uint32_t fields,
                 struct sd_error *err)

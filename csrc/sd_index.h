@@ -45,6 +45,8 @@ enum sd_change_kind {
 #define SD_DIFF_MTIME 0x080
 #define SD_DIFF_XATTR 0x100
 #define SD_DIFF_UNHASHED 0x200 /* content judged from stat data: no hash on one side */
+#define SD_DIFF_TYPE 0x400     /* the two entries are of different types */
+#define SD_DIFF_OPAQUE 0x800   /* SD_ENTRY_OPAQUE differs (overlay walks only) */
 
 struct sd_change {
     int64_t ia;      /* index in a, or -1 */
@@ -67,5 +69,16 @@ int sd_index_diff(const struct sd_entry *a, size_t na, const uint8_t *pa, const 
  * b_to_a comes from sd_index_join. */
 int sd_index_stat_changed(const struct sd_entry *a, const struct sd_entry *b, size_t nb,
                           const int64_t *b_to_a, struct sd_buf *out_idx, struct sd_error *err);
+
+/* fields[k] = the SD_DIFF_* bits telling a[ia[k]] from b[ib[k]] (SD_DIFF_TYPE alone when
+ * their types differ), for k < n.  Positions must be valid. */
+void sd_index_compare_pairs(const struct sd_entry *a, const uint8_t *xa, const int64_t *ia,
+                            const struct sd_entry *b, const uint8_t *xb, const int64_t *ib,
+                            size_t n, unsigned flags, uint32_t *fields);
+
+/* parent[i] = position of the directory holding entry i, or -1 when it is at the top level
+ * (or its parent is not in the index).  One pass with a stack: O(n). */
+void sd_index_parents(const struct sd_entry *e, size_t n, const uint8_t *paths,
+                      int64_t *parent);
 
 #endif

@@ -21,7 +21,7 @@ import xxhash
 from snapdiff import _core
 from snapdiff.errors import IndexFormatError
 
-__all__ = ["ENTRY_DTYPE", "Entry", "TreeIndex", "WalkProblem", "snapshot"]
+__all__ = ["ENTRY_DTYPE", "Entry", "TreeIndex", "WalkProblem", "layer_snapshot", "snapshot"]
 
 ENTRY_DTYPE = np.dtype([
     ("path_off", "<u8"), ("extra_off", "<u8"), ("size", "<u8"), ("mtime_ns", "<i8"),
@@ -33,6 +33,10 @@ assert ENTRY_DTYPE.itemsize == _core.ENTRY_SIZE, "sd_entry and ENTRY_DTYPE disag
 
 HASHED = 0x01
 HASH_FAILED = 0x02
+OPAQUE = 0x04
+REDIRECT = 0x08
+METACOPY = 0x10
+XWHITEOUT = 0x20
 
 _TYPES = {
     stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
@@ -300,17 +304,21 @@ def _as_positions(ix: TreeIndex, paths: Iterable) -> np.ndarray:
 
 
 def snapshot(path: str | os.PathLike, *, hash: bool | Iterable = True, threads: int | None = None,
-             one_file_system: bool = True, xattrs: bool = True) -> TreeIndex:
+             one_file_system: bool = True, xattrs: bool = True,
+             overlay_prefix: bytes | None = None) -> TreeIndex:
     """Walk the tree at `path` and return its TreeIndex.
 
     hash: True hashes every regular file (XXH3-128, on `threads` threads, default one per
     CPU); False hashes none; an iterable of relative paths hashes only those.
     one_file_system: do not descend into other mounts (their mount points are recorded).
+    overlay_prefix: for an overlay upper or lower directory, the namespace of overlay's
+    own xattrs (b"trusted.overlay." or b"user.overlay."): they become entry flags
+    (OPAQUE, REDIRECT, METACOPY, XWHITEOUT) and are not recorded as xattrs.
     Entries that vanish during the walk are left out; unreadable ones are listed in
     ``index.problems`` and the walk goes on."""
     root = os.fspath(path)
     ents, paths, extra, problems = _core.walk(root, one_file_system=one_file_system,
-                                              xattrs=xattrs)
+                                              xattrs=xattrs, overlay_prefix=overlay_prefix)
     entries = np.frombuffer(ents, dtype=ENTRY_DTYPE)
     ix = TreeIndex(entries, paths, extra,
                    problems=[WalkProblem(p, e, op) for p, e, op in problems], root=root)
@@ -319,3 +327,11 @@ def snapshot(path: str | os.PathLike, *, hash: bool | Iterable = True, threads: 
     elif hash is not False:
         ix.hash(_as_positions(ix, hash), threads=threads)
     return ix
+
+
+def layer_snapshot(path: str | os.PathLike, **kw) -> TreeIndex:
+    """Snapshot of a layer unpacked for overlay use (whiteouts as 0:0 devices, opaque
+    directories as trusted.overlay.opaque): every file hashed, markers as flags."""
+    from snapdiff.constants import OVERLAY_XATTR_PREFIXES
+
+    return snapshot(path, overlay_prefix=OVERLAY_XATTR_PREFIXES[0], **kw)

@@ -55,7 +55,7 @@ from snapdiff.errors import (
     StoreError,
     UnsupportedError,
 )
-from snapdiff.index import TreeIndex, snapshot
+from snapdiff.index import TreeIndex, layer_snapshot
 
 __all__ = ["Store", "Image", "ImageRecord", "StoredLayer", "Problem", "default_root"]
 
@@ -225,6 +225,7 @@ class _Staged:
     blob: str                 # the blob under tmp/
     layer_dir: str | None     # tmp/<stage>/layer-i (diff/, index) or None: already stored
     extra: dict = field(default_factory=dict)
+    lazy: bool = False        # not unpacked yet: Image.lower_dirs unpacks it on first use
 
 
 class Store:
@@ -385,8 +386,10 @@ class Store:
 
     @staticmethod
     def _save_index(layer_root: str) -> None:
-        """Save the TreeIndex of layer_root/diff (every file hashed) as layer_root/index."""
-        snapshot(os.path.join(layer_root, "diff")).save(os.path.join(layer_root, "index"))
+        """Save the TreeIndex of layer_root/diff (every file hashed) as layer_root/index.
+        Overlay markers (opaque directories) are recorded as entry flags, as commit reads
+        them."""
+        layer_snapshot(os.path.join(layer_root, "diff")).save(os.path.join(layer_root, "index"))
 
     def ensure_unpacked(self, digest: str, diff_id: str) -> str:
         """The layer's overlay directory, unpacking it from its blob if it is missing."""
@@ -585,7 +588,7 @@ class Store:
                 continue
             if s.layer_dir is not None:
                 os.rename(s.layer_dir, root)
-            else:  # it was there when we staged, and a gc removed it since
+            elif not s.lazy:  # it was there when we staged, and a gc removed it since
                 self.ensure_unpacked(s.digest, s.diff_id)
 
     def _record(self, staged: list[_Staged], config: bytes, manifest: bytes | None,
@@ -635,7 +638,7 @@ class Store:
 
     def commit_image(self, base: Image | str | None, layers: Iterable[tuple], *,
                      config_changes: dict | None = None, history_entry: dict | str | None = None,
-                     name: str | None = None) -> Image:
+                     name: str | None = None, unpack: bool = True) -> Image:
         """Record a new image: ``base`` (or nothing) plus ``layers``, each a tuple
         ``(info, blob_path)`` or ``(info, blob_path, unpacked_dir)`` where info has
         ``digest, diff_id, size, media_type`` (a layers.LayerInfo) and blob_path is a
@@ -646,7 +649,9 @@ class Store:
         ``config_changes`` update the image config's ``config`` object (Env, Cmd,
         Entrypoint, WorkingDir, User, ExposedPorts, Labels, ...; a None value deletes the
         key), except ``author``, ``architecture``, ``os``, ``variant`` which are top-level.
-        ``history_entry`` is a dict (created_by, comment, author) or a created_by string."""
+        ``history_entry`` is a dict (created_by, comment, author) or a created_by string.
+        With ``unpack=False`` a layer given without ``unpacked_dir`` is not unpacked now but
+        on the first ``Image.lower_dirs`` (commit uses this: its cost stays the layer's)."""
         name = oci.normalize_name(name) if name else None
         if isinstance(base, str):
             base = self.image(base)
@@ -667,11 +672,13 @@ class Store:
                         os.mkdir(layer_dir)
                         os.rename(unpacked, os.path.join(layer_dir, "diff"))
                         self._save_index(layer_dir)
-                    else:
+                    elif unpack:
                         self._unpack_into(blob, layer_dir, diff_id=info.diff_id,
                                           digest=info.digest)
+                    else:
+                        layer_dir = None
                 staged.append(_Staged(info.digest, info.diff_id, info.size, info.media_type,
-                                      blob, layer_dir))
+                                      blob, layer_dir, lazy=not unpack))
             config = self._child_config(base, staged, config_changes, history_entry)
             return self._record(staged, oci.canonical_json(config), None, name,
                                 base.layers if base is not None else [])
@@ -1084,7 +1091,7 @@ class Store:
         subject = f"sha256:{hexname}"
         try:
             saved = TreeIndex.load(os.path.join(root, "index"))
-            changes = diff(saved, os.path.join(root, "diff"), hash_all=True)
+            changes = diff(saved, layer_snapshot(os.path.join(root, "diff")))
         except (SnapdiffError, OSError, ValueError) as e:
             return [Problem("layer", subject, f"cannot check: {e}")]
         return [Problem("layer", subject, f"'{os.fsdecode(c.path)}' {c.kind}"

@@ -84,8 +84,7 @@ class CharDev(_Node):
         self.major, self.minor = major, minor
 
 
-@dataclass
-class BlockDev(CharDev):
+class BlockDev(CharDev):  # not a dataclass: it keeps CharDev's (path, major, minor)
     pass
 
 
