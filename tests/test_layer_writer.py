@@ -496,7 +496,8 @@ def test_file_that_shrinks_or_grows_mid_read_fails(tmp):
 
 def test_change_during_write_layer_leaves_no_output(tmp):
     root = tmp / "root"
-    build(str(root), [File("big", b"\1" * (40 << 20))  # more than the chunks read ahead, File("other", b"o")])
+    # bigger than the chunks read ahead, so the change lands before the file is read
+    build(str(root), [File("big", b"\1" * (40 << 20)), File("other", b"o")])
     dest = tmp / "layer.tar.gz"
     calls = []
 
