@@ -6,6 +6,7 @@ written here from the ustar/PAX spec, Python's tarfile, GNU tar and bsdtar.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -274,14 +275,14 @@ def test_long_and_non_utf8_names(tmp):
     m = members(data)
     assert set(m) == {p for p, _ in items}
     assert os.fsencode(m[b"s"].linkname) == target
-    assert os.fsencode(m[d120 + b"/h"].linkname) == fits_split or \
-        os.fsencode(m[fits_split].linkname) == d120 + b"/h"
+    assert m[d120 + b"/h"].islnk() and os.fsencode(m[d120 + b"/h"].linkname) == fits_split
     recs = pax_records(data)
     paths = [r[b"path"] for r in recs if b"path" in r]
     assert deep in paths and long_latin1 in paths and fits_split not in paths
     assert any(r.get(b"hdrcharset") == b"BINARY" and r.get(b"path") == long_latin1
                for r in recs)
     assert any(r.get(b"linkpath") == target for r in recs)
+    assert any(r.get(b"linkpath") == fits_split for r in recs)  # hard link to a long name
     raw = [n for n, _, _ in parse_blocks(data)]
     assert fits_split in raw and latin1 in raw  # ustar fields carry raw bytes
     # GNU tar agrees on every name
@@ -541,3 +542,31 @@ def test_sparse_file_content_is_exact(tmp):
         with pytest.raises(FileChangedError):
             while tw.read(1 << 20):
                 pass
+
+
+def test_parents_are_never_followed_through_symlinks(tmp):
+    root = tmp / "root"
+    outside = tmp / "outside"
+    build(str(outside), [File("secret", b"s")])
+    build(str(root), [Symlink("lnk", str(outside)), Symlink("rel", "../outside"), Dir("d")])
+    for path in (b"lnk/secret", b"rel/secret"):
+        with pytest.raises(OSError) as ei:
+            tar_bytes(str(root), [(b"d", E), (path, E)])
+        assert ei.value.errno in (errno.ELOOP, errno.ENOTDIR)
+        assert "openat '" + path.split(b"/")[0].decode() + "'" in str(ei.value)
+    # the symlink itself is an entry like any other
+    assert members(tar_bytes(str(root), [(b"lnk", E)]))[b"lnk"].linkname == str(outside)
+
+
+def test_hard_links_point_at_the_first_path_written(tmp):
+    root = str(tmp / "root")
+    build(root, [File("z/orig", b"data"), Hardlink("a/one", "z/orig"), Hardlink("m", "z/orig"),
+                 Symlink("s", "x"), Hardlink("s2", "s")])
+    data = tar_bytes(root, tree_items(root))
+    m = members(data)
+    assert m[b"a/one"].isreg() and m[b"a/one"].size == 4  # first in tree order: the content
+    assert m[b"m"].islnk() and m[b"m"].linkname == "a/one"
+    assert m[b"z/orig"].islnk() and m[b"z/orig"].linkname == "a/one"
+    assert m[b"s"].issym() and m[b"s2"].islnk() and m[b"s2"].linkname == "s"
+    with open_tar(data) as t:
+        assert t.extractfile("a/one").read() == b"data"
