@@ -570,3 +570,27 @@ def test_hard_links_point_at_the_first_path_written(tmp):
     assert m[b"s"].issym() and m[b"s2"].islnk() and m[b"s2"].linkname == "s"
     with open_tar(data) as t:
         assert t.extractfile("a/one").read() == b"data"
+
+
+def test_cli_write_layer(tmp, monkeypatch):
+    from click.testing import CliRunner
+
+    from snapdiff.cli import cli
+
+    root = str(tmp / "root")
+    build(root, [File("f", b"x", mtime=(T2020 + 99) * 10**9)])
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.path.join(root, "sock"))
+    s.close()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(T2020))
+    r = CliRunner().invoke(cli, ["write-layer", root, str(tmp / "l.tar"), "--compression",
+                                 "none"])
+    assert r.exit_code == 0, r.output
+    data = (tmp / "l.tar").read_bytes()
+    assert f"digest: sha256:{hashlib.sha256(data).hexdigest()}" in r.stdout
+    assert "skipped 'sock': socket" in r.stderr
+    assert members(data)[b"f"].mtime == T2020
+    r = CliRunner().invoke(cli, ["write-layer", root, str(tmp / "l2"), "--compression", "gzip",
+                                 "--level", "7"])
+    assert r.exit_code == 1 and r.stderr == "snapdiff: write layer: level 7: gzip levels are " \
+        "0..3\n"
