@@ -8,6 +8,7 @@ APT_PACKAGES=(
   build-essential python3 python3-dev python3-venv   # the build of snapdiff._core
   libxxhash-dev                                      # XXH3-128 for the C core
   xxhash openssl pigz zstd tar findutils             # floors the benchmarks compare with
+  libarchive-tools                                   # bsdtar: an independent tar reader in tests
   attr acl libcap2-bin util-linux kmod               # setfattr/setcap/mount used by tests
   busybox-static                                     # a tiny runnable root filesystem
   umoci skopeo buildah podman runc docker-registry   # independent oracles and peers

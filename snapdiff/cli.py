@@ -545,3 +545,26 @@ def logout_cmd(registry_host: str) -> None:
         click.echo(f"snapdiff: logout '{registry_host}': not logged in", err=True)
         sys.exit(1)
     click.echo(f"removed credentials for {registry_host}")
+
+# --- layers: write-layer --------------------------------------------------------------
+
+@cli.command("write-layer")
+@click.argument("rootfs", type=click.Path(exists=True, file_okay=False))
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.option("--compression", type=click.Choice(["none", "gzip", "zstd"]), default="gzip",
+              show_default=True)
+@click.option("--level", type=int, default=None, help="gzip 0..3 (default 2), zstd -7..22 "
+              "(default 3).")
+@click.option("--timestamp", type=int, envvar="SOURCE_DATE_EPOCH", default=None,
+              help="Clamp every mtime to this time (default: $SOURCE_DATE_EPOCH).")
+def write_layer_cmd(rootfs: str, dest: str, compression: str, level: int | None,
+                    timestamp: int | None) -> None:
+    """Write the whole tree ROOTFS as one layer blob at DEST; print its digests."""
+    from snapdiff.layers import tree_items, write_layer
+
+    info = write_layer(rootfs, tree_items(rootfs), dest, compression=compression, level=level,
+                       timestamp=timestamp)
+    for path, reason in info.skipped:
+        click.echo(f"snapdiff: skipped '{os.fsdecode(path)}': {reason}", err=True)
+    click.echo(f"digest: {info.digest}\ndiff_id: {info.diff_id}\nsize: {info.size}\n"
+               f"uncompressed_size: {info.uncompressed_size}\nmedia_type: {info.media_type}")

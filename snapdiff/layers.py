@@ -202,7 +202,6 @@ def _write(tw, dest: BinaryIO, compression: str, level: int | None, threads: int
 
     sink = _HashingSink(dest)
     comp = _compressor(compression, level, threads, sink)
-    ok = False
     try:
         if compression == "gzip":
             def out(mv: memoryview) -> None:
@@ -217,11 +216,14 @@ def _write(tw, dest: BinaryIO, compression: str, level: int | None, threads: int
                 comp.write(mv)
 
         total = _stream(tw, out, progress)
-        ok = True
-    finally:
-        if not ok:
-            sink.discard = True
-        comp.close()
+    except BaseException:
+        sink.discard = True  # nothing more reaches dest; stop the compressor's threads
+        try:
+            comp.close()
+        except Exception:  # the first failure is the one to report
+            pass
+        raise
+    comp.close()
     sink.flush()
     return ("sha256:" + diff_sha.hexdigest(), "sha256:" + sink.sha.hexdigest(), sink.size, total)
 
@@ -236,8 +238,9 @@ def write_layer(root: str | bytes | os.PathLike, items: Iterable[tuple[bytes, in
     items: ``(relative path: bytes, ItemKind)`` pairs in the order they are to be written
       (a directory before its children, an opaque marker right after its directory); see
       tree_items() for a whole tree.
-    dest: a writable binary file object, or a path: then the blob is written to a temporary
-      name beside it, fsync'ed, and renamed into place only when complete.
+    dest: a writable binary file object (after a failure it holds whatever was written
+      before), or a path: then the blob is written to a temporary name beside it, fsync'ed,
+      and renamed into place only when complete, so a failure leaves nothing there.
     compression: "none", "gzip" (level 0..3, default 2: ISA-L) or "zstd" (level -7..22,
       default 3).
     timestamp: clamp every mtime to at most this time (SOURCE_DATE_EPOCH); None keeps them.

@@ -35,6 +35,8 @@ cdef class TarWriter:
         cdef sd_error err
         cdef sd_tar_opts opts
         sd_error_clear(&err)
+        if self.w != NULL or self.root_fd >= 0:
+            raise RuntimeError("write layer: TarWriter.__init__ called twice")
         if timestamp is not None and timestamp < 0:
             raise ValueError(f"write layer: timestamp {timestamp}: must be >= 0")
         opts.timestamp = -1 if timestamp is None else <int64_t>timestamp
