@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -73,9 +74,11 @@ class _Source(io.RawIOBase):
         self._progress = progress
         self._total = total
         self.zcheck: _ZstdFrameChecker | None = None
+        self.hash_inline = True  # off for a plain tar: the tar's own hash is the digest
 
     def _got(self, data) -> None:
-        self.sha.update(data)
+        if self.hash_inline:
+            self.sha.update(data)
         self.count += len(data)
         if self.zcheck is not None:
             self.zcheck.update(data)
@@ -254,30 +257,35 @@ def _apply(raw, target, overlay, expect_diff_id, expect_digest, progress, total,
            ctx) -> ApplyResult:
     source = _Source(raw, progress, total)
     compression = detect_compression(source.peek(4))
-    tar_sha = hashlib.sha256() if compression != "none" else None
+    tar_sha = hashlib.sha256()
     size = 0
     buf = bytearray(CHUNK)
     mv = memoryview(buf)
-    with Extractor(target, overlay=overlay) as x:
-        if compression == "none":
-            reader = source
-        elif compression == "gzip":
-            reader = igzip.GzipFile(fileobj=source, mode="rb")
-        else:
-            source.zcheck = _ZstdFrameChecker()
-            source.zcheck.update(source.peek(4))  # bytes already read went past the checker
-            reader = zstandard.ZstdDecompressor().stream_reader(
-                source, read_size=CHUNK, read_across_frames=True, closefd=False)
+    if compression == "none":
+        reader = source
+        source.hash_inline = False
+    elif compression == "gzip":
+        reader = igzip.GzipFile(fileobj=source, mode="rb")
+    else:
+        source.zcheck = _ZstdFrameChecker()
+        source.zcheck.update(source.peek(4))  # bytes already read went past the checker
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            source, read_size=CHUNK, read_across_frames=True, closefd=False)
+    # The diff_id is hashed on a second thread while the extractor writes the same chunk:
+    # hashlib and Extractor.feed both release the GIL, so the two run on two cores.
+    with Extractor(target, overlay=overlay) as x, ThreadPoolExecutor(1) as pool:
         try:
             while True:
                 n = reader.readinto(mv)
                 if not n:
                     break
                 chunk = mv[:n]
-                if tar_sha is not None:
-                    tar_sha.update(chunk)
+                hashed = pool.submit(tar_sha.update, chunk)
+                try:
+                    x.feed(chunk)
+                finally:
+                    hashed.result()
                 size += n
-                x.feed(chunk)
         except EOFError as e:
             raise errors.LayerFormatError(f"truncated {compression} stream") from e
         except (igzip.BadGzipFile, isal_zlib.error) as e:
@@ -286,20 +294,17 @@ def _apply(raw, target, overlay, expect_diff_id, expect_digest, progress, total,
             raise errors.LayerFormatError(f"corrupt zstd stream: {e}") from e
         if source.zcheck is not None and not source.zcheck.complete:
             raise errors.LayerFormatError("truncated zstd stream")
-        # the decompressor may stop at its end marker: what follows still counts
+        # anything after the compressed stream's end marker must be padding
         rest = source.read()
         while rest:
-            if compression == "none":
-                x.feed(rest)
-                size += len(rest)
-            elif rest.strip(b"\0"):
+            if rest.strip(b"\0"):
                 raise errors.LayerFormatError(f"data after the end of the {compression} stream")
             rest = source.read()
         x.finish()
         stats = x.stats
         skipped = x.skipped
-    digest = "sha256:" + source.sha.hexdigest()
-    diff_id = "sha256:" + tar_sha.hexdigest() if tar_sha is not None else digest
+    diff_id = "sha256:" + tar_sha.hexdigest()
+    digest = diff_id if compression == "none" else "sha256:" + source.sha.hexdigest()
     _check_digest("digest", digest, expect_digest, ctx)
     _check_digest("diff_id", diff_id, expect_diff_id, ctx)
     return ApplyResult(digest=digest, diff_id=diff_id, compression=compression,
