@@ -298,11 +298,9 @@ def fsck_cmd(store) -> None:
 
 
 def _store_root(ctx: click.Context) -> str:
-    if ctx.obj.get("root"):
-        return ctx.obj["root"]
-    if os.geteuid() == 0:
-        return "/var/lib/snapdiff"
-    return os.path.join(os.path.expanduser("~"), ".local", "share", "snapdiff")
+    from snapdiff.store import default_root
+
+    return ctx.obj.get("root") or default_root()
 
 
 def _containers(ctx: click.Context):
@@ -460,9 +458,7 @@ def logs(ctx, container):
 # login / logout keep credentials in ~/.config/snapdiff/auth.json.
 
 def _layout_dir(ctx: click.Context) -> str:
-    root = ctx.obj["root"] or ("/var/lib/snapdiff" if os.geteuid() == 0
-                               else os.path.expanduser("~/.local/share/snapdiff"))
-    return os.path.join(root, "oci")
+    return os.path.join(_store_root(ctx), "oci")
 
 
 def _image_name(name: str) -> str:
@@ -568,3 +564,51 @@ def write_layer_cmd(rootfs: str, dest: str, compression: str, level: int | None,
         click.echo(f"snapdiff: skipped '{os.fsdecode(path)}': {reason}", err=True)
     click.echo(f"digest: {info.digest}\ndiff_id: {info.diff_id}\nsize: {info.size}\n"
                f"uncompressed_size: {info.uncompressed_size}\nmedia_type: {info.media_type}")
+
+
+# --- commit --------------------------------------------------------------------------
+
+
+@cli.command("commit")
+@click.option("-m", "--message", default=None, help="Commit message (history comment).")
+@click.option("-a", "--author", default=None, help="Author of the new image.")
+@click.option("-c", "--change", "changes", multiple=True, metavar="INSTRUCTION",
+              help="Apply a Dockerfile instruction to the config: CMD, ENTRYPOINT, ENV, "
+                   "WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL. Repeatable.")
+@click.option("--compression", type=click.Choice(["none", "gzip", "zstd"]), default="gzip",
+              show_default=True, help="Layer compression.")
+@click.option("--level", type=int, default=None, help="Compression level.")
+@click.option("--full", is_flag=True,
+              help="Commit everything since the container was created, not only what "
+                   "changed since its last commit.")
+@click.option("--pause/--no-pause", default=True, show_default=True,
+              help="Freeze a running container while its layer is written.")
+@click.option("--replace", is_flag=True, help="Move NAME to the new image if it is taken.")
+@click.option("--timestamp", type=int, default=None, envvar="SOURCE_DATE_EPOCH",
+              help="Clamp every mtime in the layer to this time (seconds since the epoch).")
+@click.argument("container")
+@click.argument("name", required=False)
+@click.pass_context
+def commit_cmd(ctx, message, author, changes, compression, level, full, pause, replace,
+               timestamp, container, name) -> None:
+    """Write CONTAINER's changes as a new layer and image (NAME[:TAG]); print its id."""
+    store = _store(ctx)
+    bar = None
+    progress = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="B", unit_scale=True, desc="commit", leave=False)
+
+        def progress(done: int) -> None:
+            bar.update(done - bar.n)
+
+    try:
+        image = store.commit(container, name, message=message, author=author,
+                             changes=changes, compression=compression, level=level, full=full,
+                             pause=pause, replace=replace, timestamp=timestamp,
+                             progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(image.id)

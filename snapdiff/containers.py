@@ -890,6 +890,22 @@ class Container:
         self._record_exit(code)
         return code
 
+    # -- changes (snapdiff.commit)
+    def diff(self, *, threads: int | None = None):
+        """What this container changed since it was created, as `docker diff` shows it:
+        a snapdiff.commit.ChangeSet (``.lines()``, ``.items()``)."""
+        from snapdiff.commit import container_diff
+
+        return container_diff(self, threads=threads)
+
+    def commit(self, name: str | None = None, **kw):
+        """Commit this container's changes as a new image (see snapdiff.commit.commit for
+        the options); returns the new snapdiff.store.Image."""
+        from snapdiff.commit import commit
+        from snapdiff.store import Store
+
+        return commit(Store(self._containers.store_root), self, name, **kw)
+
     def __repr__(self) -> str:
         return f"<Container {self.id[:12]} {self.name!r}>"
 

@@ -979,6 +979,34 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
+    # --- containers (library API) -------------------------------------------------------
+
+    @property
+    def containers(self):
+        """The containers kept in this store (snapdiff.containers.Containers)."""
+        from snapdiff.containers import Containers
+
+        return Containers(self.root)
+
+    def container(self, ref: str):
+        """A container by name or id prefix (ContainerNotFound otherwise)."""
+        return self.containers.get(ref)
+
+    def run(self, image: Image | str, cmd: list[str] | None = None, **kw):
+        """Create and run a container from ``image`` (a ref or an Image); keyword options
+        are those of Containers.run (name, detach, remove, env, workdir, user, hostname,
+        network, volumes, runtime).  Returns (container, exit code or None if detached)."""
+        img = self.image(image) if isinstance(image, str) else image
+        return self.containers.run(img, cmd=cmd, **kw)
+
+    def commit(self, container, name: str | None = None, **kw) -> Image:
+        """Commit a container (a Container or a ref) as a new image; see
+        snapdiff.commit.commit for the options."""
+        from snapdiff.commit import commit
+
+        c = self.container(container) if isinstance(container, str) else container
+        return commit(self, c, name, **kw)
+
     # --- maintenance --------------------------------------------------------------------
 
     def _referenced(self) -> tuple[set[str], set[str]]:

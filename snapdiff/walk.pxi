@@ -2,15 +2,15 @@
 # Included by _core.pyx.
 
 from libc.errno cimport errno as c_errno
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 from posix.fcntl cimport O_CLOEXEC, O_DIRECTORY, O_RDONLY, open as c_open
 from posix.unistd cimport close as c_close
 
 from snapdiff.includes.sd_cancel cimport sd_cancel_begin, sd_cancel_end
 from snapdiff.includes.sd_index cimport (
-    SD_DIFF_IGNORE_MTIME, sd_change, sd_index_diff, sd_index_find, sd_index_join,
-    sd_index_stat_changed, sd_index_validate, sd_path_cmp,
+    SD_DIFF_IGNORE_MTIME, sd_change, sd_index_compare_pairs, sd_index_diff, sd_index_find,
+    sd_index_join, sd_index_parents, sd_index_stat_changed, sd_index_validate, sd_path_cmp,
 )
 from snapdiff.includes.sd_walk cimport (
     sd_buf, sd_buf_free, sd_buf_steal, sd_entry, sd_hash_entries, sd_hash_fd, sd_walk,
@@ -228,3 +228,33 @@ def index_stat_changed(const uint8_t[::1] a not None, const uint8_t[::1] b not N
         return _steal(&out)
     finally:
         sd_buf_free(&out)
+
+
+def index_parents(const uint8_t[::1] entries not None, const uint8_t[::1] paths not None,
+                  int64_t[::1] out not None):
+    """out[i] = position of entry i's parent directory, or -1."""
+    cdef size_t n = entries.shape[0] // sizeof(sd_entry)
+    if <size_t>out.shape[0] != n:
+        raise ValueError("index_parents: out has the wrong length")
+    with nogil:
+        sd_index_parents(_ents(entries), n, _blob(paths), &out[0] if n else NULL)
+
+
+def index_compare_pairs(const uint8_t[::1] a not None, const uint8_t[::1] xa not None,
+                        const int64_t[::1] ia not None,
+                        const uint8_t[::1] b not None, const uint8_t[::1] xb not None,
+                        const int64_t[::1] ib not None, uint32_t[::1] out not None,
+                        *, bint ignore_mtime=False):
+    """out[k] = SD_DIFF_* bits telling a[ia[k]] from b[ib[k]]."""
+    cdef size_t n = ia.shape[0], k
+    cdef size_t na = a.shape[0] // sizeof(sd_entry), nb = b.shape[0] // sizeof(sd_entry)
+    if <size_t>ib.shape[0] != n or <size_t>out.shape[0] != n:
+        raise ValueError("index_compare_pairs: lengths differ")
+    for k in range(n):
+        if ia[k] < 0 or <size_t>ia[k] >= na or ib[k] < 0 or <size_t>ib[k] >= nb:
+            raise IndexError("index_compare_pairs: position out of range")
+    if n == 0:
+        return
+    with nogil:
+        sd_index_compare_pairs(_ents(a), _blob(xa), &ia[0], _ents(b), _blob(xb), &ib[0], n,
+                               SD_DIFF_IGNORE_MTIME if ignore_mtime else 0, &out[0])

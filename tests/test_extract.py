@@ -32,9 +32,9 @@ from fstree import (
     Symlink,
     build,
 )
-from snapdiff._core import Extractor
 
 from snapdiff import errors
+from snapdiff._core import Extractor
 from snapdiff.extraction import apply_layer, extract_layer_to_new_dir
 
 NS = 1_600_000_000_123_456_789

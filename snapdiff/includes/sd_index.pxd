@@ -33,3 +33,7 @@ cdef extern from "sd_index.h" nogil:
                       unsigned flags, sd_buf *out, sd_error *err)
     int sd_index_stat_changed(const sd_entry *a, const sd_entry *b, size_t nb,
                               const int64_t *b_to_a, sd_buf *out_idx, sd_error *err)
+    void sd_index_compare_pairs(const sd_entry *a, const uint8_t *xa, const int64_t *ia,
+                                const sd_entry *b, const uint8_t *xb, const int64_t *ib,
+                                size_t n, unsigned flags, uint32_t *fields)
+    void sd_index_parents(const sd_entry *e, size_t n, const uint8_t *paths, int64_t *parent)
