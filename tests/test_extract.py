@@ -223,9 +223,9 @@ def test_devices_skipped_and_reported_without_root(tmp_path):
     blob = layer(entry("dev/null", tarfile.CHRTYPE), entry("ok", data=b"fine"))
     code = (
         "import os, sys\n"
+        "from snapdiff._core import Extractor  # before setuid: python lives in /root\n"
         "fd = os.open(sys.argv[1], os.O_RDONLY)  # the test's tmp dir is 0700 root\n"
         "os.setgid(65534); os.setuid(65534)\n"
-        "from snapdiff._core import Extractor\n"
         "with Extractor(fd) as x:\n"
         "    x.feed(sys.stdin.buffer.read()); x.finish(); print(x.skipped)\n")
     r = subprocess.run([sys.executable, "-c", code, str(dst)], input=blob, capture_output=True)
