@@ -244,18 +244,17 @@ def _refuse_special(U: TreeIndex, what: str) -> None:
             f"{what}: '/{os.fsdecode(U.path(int(bad[0])))}' carries an overlay {kind} xattr "
             f"(made with {kind}=on by another tool): its upper directory is not a complete "
             f"changeset and cannot be committed exactly")
-    # a name starting with ".wh." cannot be carried by an OCI layer
+    # a name starting with ".wh." cannot be carried by an OCI layer: find ".wh." at the
+    # start of a path or after a '/' (paths are stored back to back and never end in '/')
     blob = bytes(U.paths)
-    starts = None
     k = blob.find(b".wh.")
+    if k < 0:
+        return
+    offs = U.entries["path_off"]
+    starts = set(offs.tolist())
     while k >= 0:
-        if k == 0 or blob[k - 1] == ord("/") or (starts is None and False):
-            pass
-        if starts is None:
-            starts = set(U.entries["path_off"].tolist())
         if k in starts or blob[k - 1] == ord("/"):
-            # find the entry holding this offset
-            i = int(np.searchsorted(U.entries["path_off"], k, side="right") - 1)
+            i = int(np.searchsorted(offs, k, side="right") - 1)
             raise UnsupportedError(
                 f"{what}: '/{os.fsdecode(U.path(i))}': names starting with '.wh.' cannot be "
                 f"stored in an OCI layer (they mark deletions)")

@@ -379,7 +379,7 @@ def _store_state(store) -> dict:
     out = {}
     for sub in ("oci", "layers"):
         top = os.path.join(store.root, sub)
-        for dp, dns, fns in os.walk(top):
+        for dp, _dirs, fns in os.walk(top):
             for n in fns:
                 p = os.path.join(dp, n)
                 st = os.lstat(p)
