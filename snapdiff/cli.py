@@ -358,7 +358,7 @@ def ps(ctx, show_all):
     """List containers."""
     rows = [("CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "NAMES")]
     for c in _containers(ctx).list(all=show_all):
-        command = " ".join(c.spec["argv"])
+        command = " ".join(" ".join(c.spec["argv"]).split())  # one line, whatever the script
         if len(command) > 30:
             command = command[:27] + "..."
         rows.append((c.id[:12], c.image_name or c.image_id[7:19], command, _status_text(c),

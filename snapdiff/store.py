@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import datetime
 import errno
 import fcntl
@@ -90,11 +89,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = None
 
 
 def _syncfs(path: str) -> None:
     """Flush the store's filesystem once (cheaper than fsync on every unpacked file)."""
+    global _libc
+    if _libc is None:
+        # the C library is already in the process: no find_library (it runs ldconfig)
+        _libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         if _libc.syncfs(fd) != 0:
