@@ -1,5 +1,6 @@
 /* sd_extract: safe, streaming extraction of a layer tar.  See sd_extract.h for the rules. */
 #include "sd_extract.h"
+#include "sd_buf.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -41,51 +42,6 @@ struct sd_open_how {
 /* ------------------------------------------------------------------------------------------
  * Growable buffers (local: the shared sd_buf lives in sd_walk.c, owned by another area) */
 
-struct xbuf {
-    uint8_t *data;   /* owned */
-    size_t len;
-    size_t cap;
-};
-
-static int xb_reserve(struct xbuf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra)
-        cap *= 2;
-    uint8_t *p = realloc(b->data, cap);
-    if (p == NULL)
-        return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-static int xb_append(struct xbuf *b, const void *p, size_t n)
-{
-    if (xb_reserve(b, n + 1) < 0)
-        return -1;
-    if (n)
-        memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';  /* always NUL-terminated: paths go straight to syscalls */
-    return 0;
-}
-
-static int xb_set(struct xbuf *b, const void *p, size_t n)
-{
-    b->len = 0;
-    return xb_append(b, p, n);
-}
-
-static void xb_free(struct xbuf *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
-
 /* ------------------------------------------------------------------------------------------
  * The set of paths this layer touches: duplicate detection and whiteout rules. */
 
@@ -106,7 +62,7 @@ struct pset {
     size_t n, cap;
     uint32_t *slots;     /* owned; index + 1, 0 = empty */
     size_t nslots;       /* power of two */
-    struct xbuf arena;   /* path bytes */
+    struct sd_buf arena;   /* path bytes */
 };
 
 static int pset_grow(struct pset *s)
@@ -153,7 +109,7 @@ static long pset_get(struct pset *s, const uint8_t *p, size_t len, int create)
         s->cap = cap;
     }
     size_t off = s->arena.len;
-    if (xb_append(&s->arena, p, len) < 0)
+    if (sd_buf_append_z(&s->arena, p, len) < 0)
         return -2;
     s->recs[s->n] = (struct prec){.hash = h, .off = off, .len = (uint32_t)len, .flags = 0};
     s->slots[j] = (uint32_t)(s->n + 1);
@@ -167,7 +123,7 @@ static void pset_free(struct pset *s)
 {
     free(s->recs);
     free(s->slots);
-    xb_free(&s->arena);
+    sd_buf_free(&s->arena);
     memset(s, 0, sizeof *s);
 }
 
@@ -176,11 +132,11 @@ static void pset_free(struct pset *s)
 
 struct pax {
     int has_path, has_linkpath, has_size, has_mtime, has_uid, has_gid;
-    struct xbuf path, linkpath;
+    struct sd_buf path, linkpath;
     uint64_t size, uid, gid;
     int64_t sec;
     long nsec;
-    struct xbuf xattrs;  /* records: u32 name_len, u32 value_len, name, NUL, value */
+    struct sd_buf xattrs;  /* records: u32 name_len, u32 value_len, name, NUL, value */
 };
 
 static void pax_reset(struct pax *p)
@@ -191,9 +147,9 @@ static void pax_reset(struct pax *p)
 
 static void pax_free(struct pax *p)
 {
-    xb_free(&p->path);
-    xb_free(&p->linkpath);
-    xb_free(&p->xattrs);
+    sd_buf_free(&p->path);
+    sd_buf_free(&p->linkpath);
+    sd_buf_free(&p->xattrs);
 }
 
 /* A deferred directory: mode and mtime are applied by finish, deepest first. */
@@ -221,17 +177,17 @@ struct sd_extractor {
 
     char meta_type;
     uint64_t meta_left;
-    struct xbuf meta;
+    struct sd_buf meta;
     uint64_t skip_left;
 
     struct pax g, x;             /* global and per-entry PAX attributes */
     int has_longname, has_longlink;
-    struct xbuf longname, longlink;
+    struct sd_buf longname, longlink;
 
     /* the current entry */
-    struct xbuf path;            /* normalized, NUL-terminated */
-    struct xbuf link;            /* symlink target or normalized hard link target */
-    struct xbuf xm;              /* merged xattr records of the current entry */
+    struct sd_buf path;            /* normalized, NUL-terminated */
+    struct sd_buf link;            /* symlink target or normalized hard link target */
+    struct sd_buf xm;              /* merged xattr records of the current entry */
     size_t base_off;             /* offset of the last component in path */
     uint32_t mode;
     uint64_t uid, gid, size;
@@ -248,14 +204,14 @@ struct sd_extractor {
 
     /* cached parent directory of recent entries */
     int pfd;                     /* owned unless == root_fd; -1 when invalid */
-    struct xbuf ppath;
-    struct xbuf last_parent;     /* parent whose ancestors are registered in `set` */
+    struct sd_buf ppath;
+    struct sd_buf last_parent;     /* parent whose ancestors are registered in `set` */
     int last_parent_valid;
 
-    struct xbuf tmp;
+    struct sd_buf tmp;
     struct pset set;
-    struct xbuf dirs;            /* struct drec[] */
-    struct xbuf skipped;
+    struct sd_buf dirs;            /* struct drec[] */
+    struct sd_buf skipped;
     struct sd_extract_stats stats;
     struct sd_error saved;       /* the error that failed the extractor */
 };
@@ -279,8 +235,8 @@ static int unsafe(struct sd_extractor *x, struct sd_error *err, const char *fmt,
 static int add_skip(struct sd_extractor *x, uint32_t reason, struct sd_error *err)
 {
     uint32_t hdr[2] = {reason, (uint32_t)x->path.len};
-    if (xb_append(&x->skipped, hdr, sizeof hdr) < 0 ||
-        xb_append(&x->skipped, x->path.data, x->path.len) < 0)
+    if (sd_buf_append_z(&x->skipped, hdr, sizeof hdr) < 0 ||
+        sd_buf_append_z(&x->skipped, x->path.data, x->path.len) < 0)
         return nomem(err);
     x->stats.skipped++;
     return 0;
@@ -314,7 +270,7 @@ static int resolve_dir(struct sd_extractor *x, const uint8_t *path, size_t len, 
         *out = x->root_fd;
         return 0;
     }
-    if (xb_set(&x->tmp, path, len) < 0)
+    if (sd_buf_set_z(&x->tmp, path, len) < 0)
         return nomem(err);
     char *p = (char *)x->tmp.data;
     if (x->have_openat2 && len < OPENAT2_PATH_MAX) {
@@ -409,7 +365,7 @@ static int entry_parent(struct sd_extractor *x, int create, int *out, struct sd_
     if (x->pfd >= 0)
         close_dir(x, x->pfd);
     x->pfd = fd;
-    if (xb_set(&x->ppath, x->path.data, plen) < 0)
+    if (sd_buf_set_z(&x->ppath, x->path.data, plen) < 0)
         return nomem(err);
     *out = fd;
     return 0;
@@ -463,7 +419,7 @@ static int clear_slot(struct sd_extractor *x, int pfd, struct sd_error *err)
 }
 
 /* Opaque directory `dpath` (open as dfd): remove what does not belong to this layer. */
-static int prune(struct sd_extractor *x, int dfd, struct xbuf *dpath, struct sd_error *err)
+static int prune(struct sd_extractor *x, int dfd, struct sd_buf *dpath, struct sd_error *err)
 {
     int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
@@ -481,8 +437,8 @@ static int prune(struct sd_extractor *x, int dfd, struct xbuf *dpath, struct sd_
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
         dpath->len = base;
-        if ((base && xb_append(dpath, "/", 1) < 0) ||
-            xb_append(dpath, de->d_name, strlen(de->d_name)) < 0) {
+        if ((base && sd_buf_append_z(dpath, "/", 1) < 0) ||
+            sd_buf_append_z(dpath, de->d_name, strlen(de->d_name)) < 0) {
             rc = nomem(err);
             break;
         }
@@ -588,7 +544,7 @@ static int defer_dir(struct sd_extractor *x, long rec, struct sd_error *err)
         depth += x->path.data[i] == '/';
     struct drec d = {.rec = (uint32_t)rec, .depth = x->path.len ? depth + 1 : 0,
                      .mode = x->mode, .sec = x->sec, .nsec = x->nsec};
-    if (xb_append(&x->dirs, &d, sizeof d) < 0)
+    if (sd_buf_append_z(&x->dirs, &d, sizeof d) < 0)
         return nomem(err);
     return 0;
 }
@@ -703,11 +659,11 @@ static int parse_pax(struct sd_extractor *x, const uint8_t *p, size_t n, struct 
 #define KEY(s) (klen == sizeof(s) - 1 && memcmp(kv, s, klen) == 0)
         if (KEY("path")) {
             out->has_path = vlen > 0;
-            if (xb_set(&out->path, v, vlen) < 0)
+            if (sd_buf_set_z(&out->path, v, vlen) < 0)
                 return nomem(err);
         } else if (KEY("linkpath")) {
             out->has_linkpath = vlen > 0;
-            if (xb_set(&out->linkpath, v, vlen) < 0)
+            if (sd_buf_set_z(&out->linkpath, v, vlen) < 0)
                 return nomem(err);
         } else if (KEY("size")) {
             out->has_size = vlen > 0;
@@ -730,9 +686,9 @@ static int parse_pax(struct sd_extractor *x, const uint8_t *p, size_t n, struct 
             uint32_t nl = (uint32_t)(klen - 13), vl = (uint32_t)vlen;
             if (memchr(name, '\0', nl) != NULL)
                 return fmt_err(x, err, "xattr name contains a NUL byte");
-            if (xb_append(&out->xattrs, &nl, 4) < 0 || xb_append(&out->xattrs, &vl, 4) < 0 ||
-                xb_append(&out->xattrs, name, nl) < 0 || xb_append(&out->xattrs, "", 1) < 0 ||
-                xb_append(&out->xattrs, v, vl) < 0)
+            if (sd_buf_append_z(&out->xattrs, &nl, 4) < 0 || sd_buf_append_z(&out->xattrs, &vl, 4) < 0 ||
+                sd_buf_append_z(&out->xattrs, name, nl) < 0 || sd_buf_append_z(&out->xattrs, "", 1) < 0 ||
+                sd_buf_append_z(&out->xattrs, v, vl) < 0)
                 return nomem(err);
         } else if (klen >= 11 && memcmp(kv, "GNU.sparse.", 11) == 0) {
             return sd_error_set(err, SD_ERR_FORMAT, "tar header", (const char *)x->path.data,
@@ -746,7 +702,7 @@ static int parse_pax(struct sd_extractor *x, const uint8_t *p, size_t n, struct 
 }
 
 /* Is the xattr record `name` in the record list? */
-static int xattr_has(const struct xbuf *b, const char *name, uint32_t nl)
+static int xattr_has(const struct sd_buf *b, const char *name, uint32_t nl)
 {
     const uint8_t *p = b->data, *end = b->data + b->len;
     while (p < end) {
@@ -764,7 +720,7 @@ static int xattr_has(const struct xbuf *b, const char *name, uint32_t nl)
 static int merge_xattrs(struct sd_extractor *x, struct sd_error *err)
 {
     x->xm.len = 0;
-    const struct xbuf *src[2] = {&x->x.xattrs, &x->g.xattrs};
+    const struct sd_buf *src[2] = {&x->x.xattrs, &x->g.xattrs};
     for (int s = 0; s < 2; s++) {
         const uint8_t *p = src[s]->data, *end = src[s]->data + src[s]->len;
         while (p < end) {
@@ -782,7 +738,7 @@ static int merge_xattrs(struct sd_extractor *x, struct sd_error *err)
                     return -1;
             } else if (!(s == 1 && xattr_has(&x->x.xattrs, name, nl)) &&
                        !(s == 0 && xattr_has(&x->xm, name, nl))) {
-                if (xb_append(&x->xm, p, rl) < 0)
+                if (sd_buf_append_z(&x->xm, p, rl) < 0)
                     return nomem(err);
             }
             p += rl;
@@ -792,11 +748,11 @@ static int merge_xattrs(struct sd_extractor *x, struct sd_error *err)
 }
 
 /* Rewrite raw into out: components joined by '/', no empty or "." component. */
-static int normalize(struct sd_extractor *x, const uint8_t *raw, size_t len, struct xbuf *out,
+static int normalize(struct sd_extractor *x, const uint8_t *raw, size_t len, struct sd_buf *out,
                      const char *what, struct sd_error *err)
 {
     out->len = 0;
-    if (xb_reserve(out, len + 1) < 0)
+    if (sd_buf_reserve(out, len + 1) < 0)
         return nomem(err);
     out->data[0] = '\0';
     if (len == 0)
@@ -855,7 +811,7 @@ static int register_ancestors(struct sd_extractor *x, struct sd_error *err)
         }
         x->set.recs[idx].flags |= F_IMPLICIT;
     }
-    if (xb_set(&x->last_parent, x->path.data, plen) < 0)
+    if (sd_buf_set_z(&x->last_parent, x->path.data, plen) < 0)
         return nomem(err);
     x->last_parent_valid = 1;
     return 0;
@@ -936,12 +892,12 @@ static int do_opaque(struct sd_extractor *x, struct sd_error *err)
         if (fd >= 0)
             close(fd);
     } else {
-        struct xbuf d = {0};
-        if (xb_set(&d, x->path.data, dlen) < 0)
+        struct sd_buf d = {0};
+        if (sd_buf_set_z(&d, x->path.data, dlen) < 0)
             rc = nomem(err);
         else
             rc = prune(x, dfd, &d, err);
-        xb_free(&d);
+        sd_buf_free(&d);
     }
     close_dir(x, dfd);
     return rc;
@@ -1348,7 +1304,7 @@ static int begin_entry(struct sd_extractor *x, char type, uint64_t hsize, struct
             return fmt_err(x, err, "symlink with an empty target");
         if (memchr(lp, '\0', ll) != NULL)
             return unsafe(x, err, "%s", "symlink target contains a NUL byte");
-        if (xb_set(&x->link, lp, ll) < 0)
+        if (sd_buf_set_z(&x->link, lp, ll) < 0)
             return nomem(err);
     } else if (type == '1') {
         if (ll == 0)
@@ -1476,12 +1432,12 @@ static int on_meta(struct sd_extractor *x, struct sd_error *err)
 {
     switch (x->meta_type) {
     case 'L':
-        if (xb_set(&x->longname, x->meta.data, x->meta.len) < 0)
+        if (sd_buf_set_z(&x->longname, x->meta.data, x->meta.len) < 0)
             return nomem(err);
         x->has_longname = 1;
         return 0;
     case 'K':
-        if (xb_set(&x->longlink, x->meta.data, x->meta.len) < 0)
+        if (sd_buf_set_z(&x->longlink, x->meta.data, x->meta.len) < 0)
             return nomem(err);
         x->has_longlink = 1;
         return 0;
@@ -1506,7 +1462,7 @@ static int on_meta(struct sd_extractor *x, struct sd_error *err)
                 x->g.has_gid = 1;
                 x->g.gid = tmp.gid;
             }
-            if (tmp.xattrs.len && xb_set(&x->g.xattrs, tmp.xattrs.data, tmp.xattrs.len) < 0)
+            if (tmp.xattrs.len && sd_buf_set_z(&x->g.xattrs, tmp.xattrs.data, tmp.xattrs.len) < 0)
                 rc = nomem(err);
         }
         pax_free(&tmp);
@@ -1581,7 +1537,7 @@ int sd_extractor_feed(struct sd_extractor *x, const uint8_t *buf, size_t len,
             break;
         case ST_META:
             take = x->meta_left < len ? (size_t)x->meta_left : len;
-            if (xb_append(&x->meta, buf, take) < 0)
+            if (sd_buf_append_z(&x->meta, buf, take) < 0)
                 return fail(x, (nomem(err), err));
             x->meta_left -= take;
             if (x->meta_left == 0) {
@@ -1650,7 +1606,7 @@ int sd_extractor_finish(struct sd_extractor *x, struct sd_error *err)
         qsort(d, n, sizeof *d, drec_cmp);
     for (size_t i = 0; i < n; i++) {
         const struct prec *r = &x->set.recs[d[i].rec];
-        if (xb_set(&x->path, x->set.arena.data + r->off, r->len) < 0)
+        if (sd_buf_set_z(&x->path, x->set.arena.data + r->off, r->len) < 0)
             return fail(x, (nomem(err), err));
         struct timespec ts[2] = {{d[i].sec, d[i].nsec}, {d[i].sec, d[i].nsec}};
         if (r->len == 0) {
@@ -1686,20 +1642,20 @@ void sd_extractor_free(struct sd_extractor *x)
         close(x->fd);
     close_dir(x, x->pfd);
     free(x->blk);
-    xb_free(&x->meta);
+    sd_buf_free(&x->meta);
     pax_free(&x->g);
     pax_free(&x->x);
-    xb_free(&x->longname);
-    xb_free(&x->longlink);
-    xb_free(&x->path);
-    xb_free(&x->link);
-    xb_free(&x->xm);
-    xb_free(&x->ppath);
-    xb_free(&x->last_parent);
-    xb_free(&x->tmp);
+    sd_buf_free(&x->longname);
+    sd_buf_free(&x->longlink);
+    sd_buf_free(&x->path);
+    sd_buf_free(&x->link);
+    sd_buf_free(&x->xm);
+    sd_buf_free(&x->ppath);
+    sd_buf_free(&x->last_parent);
+    sd_buf_free(&x->tmp);
     pset_free(&x->set);
-    xb_free(&x->dirs);
-    xb_free(&x->skipped);
+    sd_buf_free(&x->dirs);
+    sd_buf_free(&x->skipped);
     free(x);
 }
 

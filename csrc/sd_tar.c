@@ -5,6 +5,7 @@
  * into the caller's buffer, never buffered whole.  Each item becomes, in order: an optional
  * PAX 'x' header and its records, the ustar header, then the content and its padding. */
 #include "sd_tar.h"
+#include "sd_buf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,57 +31,14 @@ static const char WH_PREFIX[] = ".wh.";
 static const char OPQ_NAME[] = ".wh..wh..opq";
 
 /* ---------------------------------------------------------------------------------------
- * A growable byte buffer private to this file (data owned). */
-struct tbuf {
-    uint8_t *data;
-    size_t len;
-    size_t cap;
-};
-
-static int tbuf_reserve(struct tbuf *b, size_t extra)
+ * Buffers (sd_buf.h). */
+static int tbuf_zeros(struct sd_buf *b, size_t n)
 {
-    size_t need, cap;
-    void *p;
-    if (b->cap - b->len >= extra)
-        return 0;
-    need = b->len + extra;
-    if (need < b->len)
-        return -1;
-    cap = b->cap ? b->cap : 512;
-    while (cap < need)
-        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    p = realloc(b->data, cap);
-    if (p == NULL)
-        return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-static int tbuf_append(struct tbuf *b, const void *p, size_t n)
-{
-    if (tbuf_reserve(b, n) < 0)
-        return -1;
-    if (n)
-        memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-static int tbuf_zeros(struct tbuf *b, size_t n)
-{
-    if (tbuf_reserve(b, n) < 0)
+    if (sd_buf_reserve(b, n) < 0)
         return -1;
     memset(b->data + b->len, 0, n);
     b->len += n;
     return 0;
-}
-
-static void tbuf_free(struct tbuf *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -105,8 +63,8 @@ struct sd_tar_writer {
     int64_t timestamp;
     size_t read_chunk;
 
-    struct tbuf paths;        /* owned: the items' paths */
-    struct tbuf items;        /* owned: struct item[] */
+    struct sd_buf paths;        /* owned: the items' paths */
+    struct sd_buf items;        /* owned: struct item[] */
     size_t n_items;
     size_t next;              /* next item to emit */
     int started;              /* the first read happened: no more items */
@@ -115,9 +73,9 @@ struct sd_tar_writer {
     struct sd_error fail;     /* the error every call repeats once failed */
 
     int dir_fd;               /* owned or -1: parent directory of a recent item */
-    struct tbuf dir_path;     /* its path relative to the root */
+    struct sd_buf dir_path;     /* its path relative to the root */
 
-    struct tbuf out;          /* owned: bytes waiting to be read */
+    struct sd_buf out;          /* owned: bytes waiting to be read */
     size_t out_pos;
 
     int file_fd;              /* owned or -1: the regular file being streamed */
@@ -132,19 +90,19 @@ struct sd_tar_writer {
     struct link_slot *links;  /* owned */
     size_t links_cap;
     size_t links_used;
-    struct tbuf link_names;
+    struct sd_buf link_names;
 
-    struct tbuf skipped;      /* struct sd_tar_skipped[] */
-    struct tbuf skipped_paths;
+    struct sd_buf skipped;      /* struct sd_tar_skipped[] */
+    struct sd_buf skipped_paths;
 
     /* scratch, reused for every item */
-    struct tbuf name;         /* the entry's tar name */
-    struct tbuf target;       /* symlink target or hard link name */
-    struct tbuf pax;          /* PAX records of the entry */
-    struct tbuf xrec;         /* SCHILY.xattr records */
-    struct tbuf xlist;        /* listxattr output */
-    struct tbuf xnames;       /* const char *[] into xlist */
-    struct tbuf xval;
+    struct sd_buf name;         /* the entry's tar name */
+    struct sd_buf target;       /* symlink target or hard link name */
+    struct sd_buf pax;          /* PAX records of the entry */
+    struct sd_buf xrec;         /* SCHILY.xattr records */
+    struct sd_buf xlist;        /* listxattr output */
+    struct sd_buf xnames;       /* const char *[] into xlist */
+    struct sd_buf xval;
 
     uint64_t offset;
 };
@@ -184,21 +142,21 @@ void sd_tar_writer_free(struct sd_tar_writer *w)
         close(w->dir_fd);
     if (w->file_fd >= 0)
         close(w->file_fd);
-    tbuf_free(&w->paths);
-    tbuf_free(&w->items);
-    tbuf_free(&w->dir_path);
-    tbuf_free(&w->out);
+    sd_buf_free(&w->paths);
+    sd_buf_free(&w->items);
+    sd_buf_free(&w->dir_path);
+    sd_buf_free(&w->out);
     free(w->links);
-    tbuf_free(&w->link_names);
-    tbuf_free(&w->skipped);
-    tbuf_free(&w->skipped_paths);
-    tbuf_free(&w->name);
-    tbuf_free(&w->target);
-    tbuf_free(&w->pax);
-    tbuf_free(&w->xrec);
-    tbuf_free(&w->xlist);
-    tbuf_free(&w->xnames);
-    tbuf_free(&w->xval);
+    sd_buf_free(&w->link_names);
+    sd_buf_free(&w->skipped);
+    sd_buf_free(&w->skipped_paths);
+    sd_buf_free(&w->name);
+    sd_buf_free(&w->target);
+    sd_buf_free(&w->pax);
+    sd_buf_free(&w->xrec);
+    sd_buf_free(&w->xlist);
+    sd_buf_free(&w->xnames);
+    sd_buf_free(&w->xval);
     free(w);
 }
 
@@ -267,12 +225,12 @@ int sd_tar_writer_add_items(struct sd_tar_writer *w, const uint8_t *paths_blob,
             return -1;
         total += lens[i];
     }
-    if (tbuf_reserve(&w->paths, total) < 0 || tbuf_reserve(&w->items, n * sizeof(struct item)) < 0)
+    if (sd_buf_reserve(&w->paths, total) < 0 || sd_buf_reserve(&w->items, n * sizeof(struct item)) < 0)
         return nomem(err, "add items");
     for (i = 0; i < n; i++) {
         struct item it = {.off = w->paths.len, .len = lens[i], .kind = kinds[i]};
-        tbuf_append(&w->paths, paths_blob + offs[i], lens[i]);
-        tbuf_append(&w->items, &it, sizeof it);
+        sd_buf_append(&w->paths, paths_blob + offs[i], lens[i]);
+        sd_buf_append(&w->items, &it, sizeof it);
     }
     w->n_items += n;
     return 0;
@@ -342,7 +300,7 @@ static int parent_fd(struct sd_tar_writer *w, const uint8_t *path, size_t len, s
         close(w->dir_fd);
     w->dir_fd = fd;
     w->dir_path.len = 0;
-    if (tbuf_append(&w->dir_path, path, plen) < 0) {
+    if (sd_buf_append(&w->dir_path, path, plen) < 0) {
         close(w->dir_fd);
         w->dir_fd = -1;
         return nomem(err, "openat");
@@ -374,7 +332,7 @@ static size_t ndigits(size_t v)
 }
 
 /* Append the record "LEN key1key2=value\n" (LEN counts the whole record). */
-static int pax_record(struct tbuf *b, const char *k1, const uint8_t *k2, size_t k2len,
+static int pax_record(struct sd_buf *b, const char *k1, const uint8_t *k2, size_t k2len,
                       const uint8_t *val, size_t vlen)
 {
     size_t k1len = strlen(k1);
@@ -388,14 +346,14 @@ static int pax_record(struct tbuf *b, const char *k1, const uint8_t *k2, size_t 
         d = ndigits(total);
     }
     nl = snprintf(num, sizeof num, "%zu ", total);
-    if (tbuf_append(b, num, (size_t)nl) < 0 || tbuf_append(b, k1, k1len) < 0 ||
-        tbuf_append(b, k2, k2len) < 0 || tbuf_append(b, "=", 1) < 0 ||
-        tbuf_append(b, val, vlen) < 0 || tbuf_append(b, "\n", 1) < 0)
+    if (sd_buf_append(b, num, (size_t)nl) < 0 || sd_buf_append(b, k1, k1len) < 0 ||
+        sd_buf_append(b, k2, k2len) < 0 || sd_buf_append(b, "=", 1) < 0 ||
+        sd_buf_append(b, val, vlen) < 0 || sd_buf_append(b, "\n", 1) < 0)
         return -1;
     return 0;
 }
 
-static int pax_number(struct tbuf *b, const char *key, uint64_t v)
+static int pax_number(struct sd_buf *b, const char *key, uint64_t v)
 {
     char s[24];
     int n = snprintf(s, sizeof s, "%llu", (unsigned long long)v);
@@ -480,7 +438,7 @@ static void checksum(uint8_t *h)
 }
 
 /* Fill one ustar header block (appended to out) for name[0..len). */
-static int ustar_block(struct tbuf *out, const uint8_t *name, size_t len, const struct hdr *h,
+static int ustar_block(struct sd_buf *out, const uint8_t *name, size_t len, const struct hdr *h,
                        int with_devs)
 {
     uint8_t *b;
@@ -521,7 +479,7 @@ static int put_entry(struct sd_tar_writer *w, const struct hdr *h, const uint8_t
     const uint8_t *name = w->name.data;
     size_t len = w->name.len, pad;
     int binary = 0;
-    struct tbuf *pax = &w->pax;
+    struct sd_buf *pax = &w->pax;
     pax->len = 0;
     if (ustar_split(name, len) < 0) {
         if (pax_record(pax, "path", NULL, 0, name, len) < 0)
@@ -555,7 +513,7 @@ static int put_entry(struct sd_tar_writer *w, const struct hdr *h, const uint8_t
     }
     if (binary && pax_record(pax, "hdrcharset", NULL, 0, (const uint8_t *)"BINARY", 6) < 0)
         return nomem(err, "tar header");
-    if (tbuf_append(pax, w->xrec.data, w->xrec.len) < 0)
+    if (sd_buf_append(pax, w->xrec.data, w->xrec.len) < 0)
         return nomem(err, "tar header");
     if (h->type == '3' || h->type == '4') {
         if (h->devmajor > OCTAL7_MAX || h->devminor > OCTAL7_MAX)
@@ -581,7 +539,7 @@ static int put_entry(struct sd_tar_writer *w, const struct hdr *h, const uint8_t
         if (ustar_block(&w->out, xname, 11 + bl, &xh, 0) < 0)
             return nomem(err, "tar header");
         pad = (BLOCK - pax->len % BLOCK) % BLOCK;
-        if (tbuf_append(&w->out, pax->data, pax->len) < 0 || tbuf_zeros(&w->out, pad) < 0)
+        if (sd_buf_append(&w->out, pax->data, pax->len) < 0 || tbuf_zeros(&w->out, pad) < 0)
             return nomem(err, "tar header");
     }
     if (ustar_block(&w->out, name, len, h, 1) < 0)
@@ -631,7 +589,7 @@ static int read_xattrs(struct sd_tar_writer *w, int fd, const char *p, const uin
         if (n == 0)
             return 0;
         w->xlist.len = 0;
-        if (tbuf_reserve(&w->xlist, (size_t)n + 1) < 0)
+        if (sd_buf_reserve(&w->xlist, (size_t)n + 1) < 0)
             return nomem(err, "listxattr");
         n = do_list(fd, p, (char *)w->xlist.data, (size_t)n);
         if (n >= 0)
@@ -647,7 +605,7 @@ static int read_xattrs(struct sd_tar_writer *w, int fd, const char *p, const uin
         if (l == (size_t)n - i)
             break;  /* not NUL-terminated: the kernel always terminates, be safe anyway */
         if (l > 0 && !is_overlay_xattr(nm)) {
-            if (tbuf_append(&w->xnames, &nm, sizeof nm) < 0)
+            if (sd_buf_append(&w->xnames, &nm, sizeof nm) < 0)
                 return nomem(err, "listxattr");
             count++;
         }
@@ -662,7 +620,7 @@ static int read_xattrs(struct sd_tar_writer *w, int fd, const char *p, const uin
             if (v < 0)
                 break;
             w->xval.len = 0;
-            if (tbuf_reserve(&w->xval, (size_t)v + 1) < 0)
+            if (sd_buf_reserve(&w->xval, (size_t)v + 1) < 0)
                 return nomem(err, "getxattr");
             v = do_get(fd, p, names[i], w->xval.data, (size_t)v);
             if (v >= 0 || errno != ERANGE)
@@ -724,7 +682,7 @@ static int skip(struct sd_tar_writer *w, const uint8_t *path, size_t len, const 
 {
     struct sd_tar_skipped s = {.path_off = w->skipped_paths.len, .path_len = (uint32_t)len,
                                .reason = reason};
-    if (tbuf_append(&w->skipped_paths, path, len) < 0 || tbuf_append(&w->skipped, &s, sizeof s) < 0)
+    if (sd_buf_append(&w->skipped_paths, path, len) < 0 || sd_buf_append(&w->skipped, &s, sizeof s) < 0)
         return nomem(err, "tar entry");
     return 0;
 }
@@ -745,15 +703,15 @@ static int emit_marker(struct sd_tar_writer *w, const struct item *it, struct sd
     struct hdr h = {.type = '0', .mode = 0644, .mtime = w->timestamp >= 0 ? w->timestamp : 0};
     w->name.len = 0;
     if (it->kind == SD_TAR_OPAQUE) {
-        if (tbuf_append(&w->name, path, len) < 0 || tbuf_append(&w->name, "/", 1) < 0 ||
-            tbuf_append(&w->name, OPQ_NAME, sizeof OPQ_NAME - 1) < 0)
+        if (sd_buf_append(&w->name, path, len) < 0 || sd_buf_append(&w->name, "/", 1) < 0 ||
+            sd_buf_append(&w->name, OPQ_NAME, sizeof OPQ_NAME - 1) < 0)
             return nomem(err, "tar entry");
     } else {
         const uint8_t *slash = memrchr(path, '/', len);
         size_t base = slash ? (size_t)(slash - path) + 1 : 0;
-        if (tbuf_append(&w->name, path, base) < 0 ||
-            tbuf_append(&w->name, WH_PREFIX, sizeof WH_PREFIX - 1) < 0 ||
-            tbuf_append(&w->name, path + base, len - base) < 0)
+        if (sd_buf_append(&w->name, path, base) < 0 ||
+            sd_buf_append(&w->name, WH_PREFIX, sizeof WH_PREFIX - 1) < 0 ||
+            sd_buf_append(&w->name, path + base, len - base) < 0)
             return nomem(err, "tar entry");
     }
     w->xrec.len = 0;
@@ -767,7 +725,7 @@ static int read_link(struct sd_tar_writer *w, int dfd, const char *name, const u
     for (;;) {
         ssize_t n;
         w->target.len = 0;
-        if (tbuf_reserve(&w->target, cap) < 0)
+        if (sd_buf_reserve(&w->target, cap) < 0)
             return nomem(err, "readlink");
         n = readlinkat(dfd, name, (char *)w->target.data, cap);
         if (n < 0)
@@ -814,7 +772,7 @@ static int emit_entry(struct sd_tar_writer *w, size_t idx, struct sd_error *err)
     }
     is_dir = h.type == '5';
     w->name.len = 0;
-    if (tbuf_append(&w->name, path, len) < 0 || (is_dir && tbuf_append(&w->name, "/", 1) < 0))
+    if (sd_buf_append(&w->name, path, len) < 0 || (is_dir && sd_buf_append(&w->name, "/", 1) < 0))
         return nomem(err, "tar entry");
     w->xrec.len = 0;
 
@@ -835,7 +793,7 @@ static int emit_entry(struct sd_tar_writer *w, size_t idx, struct sd_error *err)
         s->name_off = w->link_names.len;
         s->name_len = (uint32_t)w->name.len;
         w->links_used++;
-        if (tbuf_append(&w->link_names, w->name.data, w->name.len) < 0)
+        if (sd_buf_append(&w->link_names, w->name.data, w->name.len) < 0)
             return nomem(err, "tar entry");
     }
 

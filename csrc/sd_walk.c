@@ -25,49 +25,6 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-/* ---- sd_buf --------------------------------------------------------------------------- */
-
-int sd_buf_reserve(struct sd_buf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra)
-        cap *= 2;
-    uint8_t *p = realloc(b->data, cap);
-    if (p == NULL)
-        return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-int sd_buf_append(struct sd_buf *b, const void *p, size_t n)
-{
-    if (sd_buf_reserve(b, n) < 0)
-        return -1;
-    if (n)
-        memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-void sd_buf_free(struct sd_buf *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
-
-uint8_t *sd_buf_steal(struct sd_buf *b, size_t *len)
-{
-    uint8_t *p = b->data;
-    *len = b->len;
-    b->data = NULL;
-    b->len = b->cap = 0;
-    return p;
-}
-
 void sd_walk_result_free(struct sd_walk_result *r)
 {
     sd_buf_free(&r->entries);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "sd_buf.h"
 #include "sd_error.h"
 
 #define SD_ENTRY_HASHED 0x01     /* hash[] holds the XXH3-128 of the content */
@@ -46,18 +47,6 @@ struct sd_entry {
 
 /* xattr record in the extra blob: u32 name_len, u32 value_len, name, value.
  * Records are sorted by name. */
-
-/* A growable byte buffer.  `data` is owned by the buffer. */
-struct sd_buf {
-    uint8_t *data;
-    size_t len;
-    size_t cap;
-};
-int sd_buf_reserve(struct sd_buf *b, size_t extra);
-int sd_buf_append(struct sd_buf *b, const void *p, size_t n);
-void sd_buf_free(struct sd_buf *b);
-/* Hand the memory over to the caller (who frees it with free()); the buffer is emptied. */
-uint8_t *sd_buf_steal(struct sd_buf *b, size_t *len);
 
 /* An error met while walking that did not stop the walk (e.g. EACCES on a subtree). */
 struct sd_walk_problem {

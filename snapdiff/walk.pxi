@@ -12,8 +12,9 @@ from snapdiff.includes.sd_index cimport (
     SD_DIFF_IGNORE_MTIME, sd_change, sd_index_compare_pairs, sd_index_diff, sd_index_find,
     sd_index_join, sd_index_parents, sd_index_stat_changed, sd_index_validate, sd_path_cmp,
 )
+from snapdiff.includes.sd_buf cimport sd_buf, sd_buf_free, sd_buf_steal
 from snapdiff.includes.sd_walk cimport (
-    sd_buf, sd_buf_free, sd_buf_steal, sd_entry, sd_hash_entries, sd_hash_fd, sd_walk,
+    sd_entry, sd_hash_entries, sd_hash_fd, sd_walk,
     sd_walk_opts, sd_walk_problem, sd_walk_result, sd_walk_result_free,
 )
 

@@ -2,7 +2,8 @@
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 
 from snapdiff.includes.sd_error cimport sd_error
-from snapdiff.includes.sd_walk cimport sd_buf, sd_entry
+from snapdiff.includes.sd_buf cimport sd_buf
+from snapdiff.includes.sd_walk cimport sd_entry
 
 
 cdef extern from "sd_index.h" nogil:

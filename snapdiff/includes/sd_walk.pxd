@@ -1,6 +1,7 @@
 # Mirrors csrc/sd_walk.h
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
+from snapdiff.includes.sd_buf cimport sd_buf
 from snapdiff.includes.sd_error cimport sd_error
 
 
@@ -31,15 +32,6 @@ cdef extern from "sd_walk.h" nogil:
         uint32_t gid
         uint32_t nlink
         uint8_t flags
-
-    struct sd_buf:
-        uint8_t *data
-        size_t len
-        size_t cap
-
-    int sd_buf_append(sd_buf *b, const void *p, size_t n)
-    void sd_buf_free(sd_buf *b)
-    uint8_t *sd_buf_steal(sd_buf *b, size_t *len)
 
     struct sd_walk_problem:
         uint64_t path_off
