@@ -733,10 +733,19 @@ class Container:
                 return proc.wait()
         box: dict[str, int] = {}
         with _Forwarder(lambda: box.get("pid")):
-            child = _core.exec_in(pid, cmd, full_env, cwd=cwd, uid=uid, gid=gid,
-                                  groups=groups, stdin=_fd_of(stdin), stdout=_fd_of(stdout),
-                                  stderr=_fd_of(stderr),
-                                  context=f"exec '{self.display_name}'")
+            try:
+                child = _core.exec_in(pid, cmd, full_env, cwd=cwd, uid=uid, gid=gid,
+                                      groups=groups, stdin=_fd_of(stdin),
+                                      stdout=_fd_of(stdout), stderr=_fd_of(stderr),
+                                      context=f"exec '{self.display_name}'")
+            except SpawnError as e:
+                # the container exited while we joined it: its namespaces went first
+                if (getattr(e, "step", "") or "").startswith(("open namespace", "setns")) \
+                        and e.errno in (errno.ENOENT, errno.ESRCH, errno.EINVAL) \
+                        and self._wait_for_exit(1.0):
+                    raise ContainerStateError(f"exec '{self.display_name}': container is "
+                                              f"not running") from None
+                raise
             box["pid"] = child
             return _wait(child)
 

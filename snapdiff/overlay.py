@@ -291,7 +291,14 @@ def umount_overlay(merged: str) -> bool:
     try:
         _core.umount(merged)
     except OSError as e:
+        if e.errno == errno.EINVAL:
+            return False  # unmounted meanwhile (say, by the container's monitor)
         if e.errno != errno.EBUSY:
             raise MountError(f"umount overlay '{merged}': {os.strerror(e.errno)}") from None
-        _core.umount(merged, MNT_DETACH)
+        try:
+            _core.umount(merged, MNT_DETACH)
+        except OSError as e2:
+            if e2.errno != errno.EINVAL:
+                raise MountError(f"umount overlay '{merged}': "
+                                 f"{os.strerror(e2.errno)}") from None
     return True
