@@ -5,7 +5,9 @@ Run:  .venv/bin/python bench/bench_registry.py [--size-mib 1024] [--rounds 2] [-
 The layer is a tar of one file of random bytes (so neither tool can win by compression).
 Both tools copy the same OCI layout to the same docker-registry on 127.0.0.1, each round
 to fresh repositories and into fresh layouts; the best of ``--rounds`` is reported with
-the ratio snapdiff/skopeo (target <= 1.0).
+the ratio snapdiff/skopeo (target <= 1.0).  ``pull_store`` is ``Store.pull`` into a fresh
+store: the same transfer plus the diff_id check, safe unpack and layer index of the layer,
+i.e. what ``snapdiff pull`` costs; skopeo has no such step, so it gets no ratio.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from registry_fixture import LocalRegistry  # noqa: E402
 
 from snapdiff import registry  # noqa: E402
+from snapdiff.store import Store  # noqa: E402
 
 
 def build_big_image(layout: str, size: int) -> dict:
@@ -97,7 +100,7 @@ def main() -> None:
         m = build_big_image(src, args.size_mib << 20)
         print(f"built {args.size_mib} MiB layer image {m['digest'][:19]} in {time.perf_counter() - t:.1f}s")
         res: dict[str, list[float]] = {"push_snapdiff": [], "push_skopeo": [], "pull_snapdiff": [],
-                                        "pull_skopeo": []}
+                                        "pull_skopeo": [], "pull_store": []}
         for i in range(args.rounds):
             # a fresh registry (new port, empty storage) per round: neither tool's memory of
             # where a blob lives (our mount cache, skopeo's blob-info cache) can turn the
@@ -115,8 +118,11 @@ def main() -> None:
             res["pull_snapdiff"].append(timed(pull_and_record, ours, d1, args.jobs))
             res["pull_skopeo"].append(timed(
                 skopeo, "copy", "--src-tls-verify=false", f"docker://{theirs}", f"oci:{d2}:big"))
+            d3 = os.path.join(work, f"store{i}")
+            res["pull_store"].append(timed(Store(d3).pull, ours, jobs=args.jobs))
             shutil.rmtree(d1)
             shutil.rmtree(d2)
+            shutil.rmtree(d3)
             print(f"round {i}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in res.items()))
         best = {k: min(v) for k, v in res.items()}
         size = args.size_mib
@@ -125,6 +131,8 @@ def main() -> None:
             a, b = best[f"{op}_snapdiff"], best[f"{op}_skopeo"]
             print(f"{op}: snapdiff {a:.2f}s ({size / a:.0f} MiB/s)  skopeo {b:.2f}s ({size / b:.0f} MiB/s)"
                   f"  ratio {a / b:.2f}x")
+        a = best["pull_store"]
+        print(f"pull into a store (verify + unpack): {a:.2f}s ({size / a:.0f} MiB/s)")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"size_mib": size, "rounds": res, "best": best}, f, indent=2)

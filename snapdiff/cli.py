@@ -454,18 +454,8 @@ def logs(ctx, container):
     sys.stdout.buffer.flush()
 
 # --- registry -------------------------------------------------------------------------
-# push / pull move images between the store's OCI layout (<root>/oci) and a registry;
+# push / pull move images between the store and a registry (Store.push / Store.pull);
 # login / logout keep credentials in ~/.config/snapdiff/auth.json.
-
-def _layout_dir(ctx: click.Context) -> str:
-    return os.path.join(_store_root(ctx), "oci")
-
-
-def _image_name(name: str) -> str:
-    """``app`` -> ``app:latest``; a name with a tag or digest is left alone."""
-    last = name.rsplit("/", 1)[-1]
-    return name if (":" in last or "@" in name) else f"{name}:latest"
-
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
@@ -476,16 +466,13 @@ def _mib(n: int) -> str:
 @click.argument("dest", required=False)
 @click.option("--insecure", "--plain-http", "insecure", is_flag=True,
               help="Use plain http (implied for 127.0.0.1 and localhost).")
-@click.option("-j", "--jobs", default=4, show_default=True, help="Blobs uploaded at once.")
-@click.pass_context
-def push_cmd(ctx: click.Context, image: str, dest: str | None, insecure: bool, jobs: int) -> None:
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Blobs uploaded at once.")
+@with_store
+def push_cmd(store, image: str, dest: str | None, insecure: bool, jobs: int) -> None:
     """Push IMAGE of the store to DEST (REGISTRY/REPO[:TAG]; default: IMAGE's own name)."""
-    from snapdiff import registry
-
-    image = _image_name(image)
-    dest = dest or image
-    r = registry.push(_layout_dir(ctx), image, dest, insecure=insecure, jobs=jobs)
-    click.echo(f"pushed {dest} {r.manifest_digest} ({len(r.uploaded)} uploaded, "
+    r = store.push(image, dest, insecure=insecure, jobs=jobs)
+    click.echo(f"pushed {dest or image} {r.manifest_digest} ({len(r.uploaded)} uploaded, "
                f"{len(r.skipped)} present, {len(r.mounted)} mounted, {_mib(r.bytes_uploaded)})")
 
 
@@ -496,19 +483,18 @@ def push_cmd(ctx: click.Context, image: str, dest: str | None, insecure: bool, j
               help="Use plain http (implied for 127.0.0.1 and localhost).")
 @click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
               help="Platform to pick from a multi-platform image (default: this machine).")
-@click.option("-j", "--jobs", default=4, show_default=True, help="Blobs downloaded at once.")
-@click.pass_context
-def pull_cmd(ctx: click.Context, source: str, name: str | None, insecure: bool,
-             platform: str | None, jobs: int) -> None:
-    """Pull SOURCE (REGISTRY/REPO[:TAG|@DIGEST]) into the store as NAME[:TAG]."""
-    from snapdiff import registry
-
-    layout = _layout_dir(ctx)
-    ref_name = _image_name(name or str(registry.parse_reference(source)))
-    r = registry.pull(source, layout, platform=platform, insecure=insecure, jobs=jobs)
-    registry.record_in_layout(layout, r.manifest, ref_name)
-    click.echo(f"pulled {source} as {ref_name} {r.manifest['digest']} ({len(r.fetched)} fetched, "
-               f"{len(r.reused)} present, {_mib(r.bytes_fetched)})")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Blobs downloaded at once.")
+@with_store
+def pull_cmd(store, source: str, name: str | None, insecure: bool, platform: str | None,
+             jobs: int) -> None:
+    """Pull SOURCE (REGISTRY/REPO[:TAG|@DIGEST]) into the store as NAME[:TAG]
+    (default: the source's REPO:TAG); prints the image id."""
+    img = store.pull(source, name, insecure=insecure, platform=platform, jobs=jobs)
+    t = img.transfer
+    click.echo(img.id)
+    click.echo(f"pulled {source} as {img.name or '<none>'} ({len(t.fetched)} fetched, "
+               f"{len(t.reused)} present, {_mib(t.bytes_fetched)})", err=True)
 
 
 @cli.command("login")
@@ -535,11 +521,9 @@ def login_cmd(registry_host: str, username: str, password_stdin: bool, insecure:
 @click.argument("registry_host", metavar="REGISTRY")
 def logout_cmd(registry_host: str) -> None:
     """Forget the saved credentials for REGISTRY."""
-    from snapdiff import auth
+    from snapdiff import registry
 
-    if not auth.remove(registry_host):
-        click.echo(f"snapdiff: logout '{registry_host}': not logged in", err=True)
-        sys.exit(1)
+    registry.logout(registry_host)
     click.echo(f"removed credentials for {registry_host}")
 
 # --- layers: write-layer --------------------------------------------------------------

@@ -52,7 +52,7 @@ from snapdiff.errors import DigestMismatchError, ImageNotFound, RegistryError, U
 
 __all__ = [
     "Reference", "parse_reference", "PushResult", "PullResult", "push", "pull",
-    "record_in_layout", "init_layout", "host_platform", "login",
+    "record_in_layout", "init_layout", "host_platform", "login", "logout",
 ]
 
 MANIFEST_TYPES = (MEDIA_TYPE_MANIFEST, DOCKER_MEDIA_TYPE_MANIFEST)
@@ -182,7 +182,8 @@ def _fsync_dir(path: str) -> None:
 
 def _atomic_write(path: str, data: bytes) -> None:
     d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    # named for this process (".tmp-<pid>-"), so a store's gc can tell a live temporary
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -733,7 +734,7 @@ class _Pusher:
 def push(layout_dir: str, ref_name: str, dest: str, *, insecure: bool = False, auth=None,
          jobs: int = 4, progress: ProgressFn | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
          mount_cache: str | None = None, retries: int = DEFAULT_RETRIES,
-         trace: TraceFn | None = None) -> PushResult:
+         trace: TraceFn | None = None, manifest_desc: dict | None = None) -> PushResult:
     """Push the image named ``ref_name`` in the layout to ``dest`` (``REGISTRY/REPO[:TAG]``).
 
     Blobs the registry has are skipped (HEAD), blobs known (from ``mount_cache``, default
@@ -742,10 +743,13 @@ def push(layout_dir: str, ref_name: str, dest: str, *, insecure: bool = False, a
     PATCH chunks of ``chunk_size`` for larger blobs).  The manifest goes last.  ``auth`` is
     ``None`` (look up saved credentials), ``(user, password)`` or a Credentials.
     ``dest`` with ``@sha256:`` pushes by digest, which must be the image's.
+    ``manifest_desc`` (a descriptor of a manifest or index in the layout) pushes that
+    instead of looking ``ref_name`` up in ``index.json`` (an unnamed image, an image by id);
+    ``ref_name`` then only labels messages.
     """
     ref = parse_reference(dest)
     what = f"push '{dest}'"
-    desc = _find_ref(layout_dir, ref_name)
+    desc = manifest_desc if manifest_desc is not None else _find_ref(layout_dir, ref_name)
     cache = _MountCache(mount_cache or _default_mount_cache(layout_dir))
     client = _Client(ref.registry, insecure=insecure, auth=auth, trace=trace, jobs=jobs,
                      retries=retries, what=what)
@@ -1017,3 +1021,11 @@ def login(registry: str, username: str, password: str, *, insecure: bool = False
     finally:
         client.close()
     return _auth.store(registry, creds)
+
+
+def logout(registry: str) -> str:
+    """Forget the saved credentials for ``registry``; return the file they were in.
+    RegistryError if there were none."""
+    if not _auth.remove(registry):
+        raise RegistryError(f"logout '{registry}': not logged in")
+    return _auth.auth_file()

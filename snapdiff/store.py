@@ -39,6 +39,7 @@ import secrets
 import shutil
 import sys
 import tarfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -595,7 +596,8 @@ class Store:
                 self.ensure_unpacked(s.digest, s.diff_id)
 
     def _record(self, staged: list[_Staged], config: bytes, manifest: bytes | None,
-                name: str | None, base_layers: list[dict] = ()) -> Image:
+                name: str | None, base_layers: list[dict] = (), *,
+                manifest_media_type: str = C.MEDIA_TYPE_MANIFEST) -> Image:
         """Publish layers, config, manifest and finally index.json; caller holds the lock."""
         self._publish_layers(staged)
         cdigest = self._put_blob_bytes(config)
@@ -611,7 +613,7 @@ class Store:
             })
         mdigest = self._put_blob_bytes(manifest)
         cdoc = json.loads(config)
-        desc = {"mediaType": C.MEDIA_TYPE_MANIFEST, "digest": mdigest, "size": len(manifest),
+        desc = {"mediaType": manifest_media_type, "digest": mdigest, "size": len(manifest),
                 "platform": {"architecture": cdoc.get("architecture", oci.host_platform()[1]),
                              "os": cdoc.get("os", "linux")}}
         self._write_index(oci.index_with(self._read_index(), desc, name))
@@ -982,6 +984,128 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
+    # --- registry -----------------------------------------------------------------------
+
+    def _mount_cache(self) -> str:
+        """Which repositories of a registry hold which blob (a hint for cross-repository
+        mounts); beside the layout, not in it."""
+        return os.path.join(self.root, "registry-blobs.json")
+
+    def push(self, ref: str, dest: str | None = None, *, insecure: bool = False,
+             jobs: int = 4, progress: Progress | None = None):
+        """Push image ``ref`` (name or id) to ``dest`` (``REGISTRY/REPO[:TAG|@DIGEST]``,
+        default: the image's name).  Only blobs the registry lacks are sent, ``jobs`` at
+        a time, the manifest last; ``progress(done_bytes, total_bytes)``.  Returns the
+        snapdiff.registry.PushResult (uploaded, skipped, mounted, bytes_uploaded)."""
+        from snapdiff import registry
+
+        img = self.image(ref)
+        if dest is None:
+            if img.name is None:
+                raise ImageNotFound(f"push '{ref}': the image has no name: give a destination")
+            dest = img.name
+        desc = {"mediaType": img.manifest.get("mediaType") or C.MEDIA_TYPE_MANIFEST,
+                "digest": img.id, "size": img.manifest_size}
+        total = sum(s for _, s in self._image_blobs(img)[1:])
+        return registry.push(self.oci_dir, img.name or img.id, dest, insecure=insecure,
+                             jobs=jobs, progress=_BlobProgress(progress, total),
+                             mount_cache=self._mount_cache(), manifest_desc=desc)
+
+    def pull(self, source: str, name: str | None = None, *, insecure: bool = False,
+             platform: str | None = None, jobs: int = 4,
+             progress: Progress | None = None) -> Image:
+        """Pull ``source`` (``REGISTRY/REPO[:TAG|@DIGEST]``) into the store as ``name``
+        (default: the source's ``repository:tag``; a pull by digest alone is unnamed).
+
+        Blobs the store lacks are fetched ``jobs`` at a time, each verified (size and
+        sha256) while it is written; then every layer is checked against its diff_id and
+        unpacked for overlay use as an import does, and the image is recorded in
+        index.json only when all of that succeeded.  A failure leaves the store as it was
+        except for blobs already fetched and verified: they are named by their content,
+        referenced by nothing, and kept so that running the pull again resumes instead
+        of fetching them again (``gc`` removes them if nothing comes to reference them).
+        An image already in the store (same manifest) costs one manifest request.
+        ``progress(done_bytes, total_bytes)``; the total grows as blobs start.
+        The result carries ``.transfer``, the snapdiff.registry.PullResult."""
+        from snapdiff import registry
+
+        what = f"pull '{source}'"
+        if name is not None:
+            name = oci.normalize_name(name)
+        else:
+            name = _default_pull_name(registry.parse_reference(source))
+        self._ensure()
+        with self.staging() as stage:
+            pinned: dict[str, str] = {}
+
+            def pin(desc: dict, path: str) -> None:
+                # a hard link under our tmp/ dir keeps the blob alive through a
+                # concurrent gc, and it is what _publish_layers moves (or drops)
+                link = os.path.join(stage, desc["digest"].split(":", 1)[1])
+                try:
+                    os.link(path, link)
+                except FileExistsError:
+                    pass
+                except FileNotFoundError:
+                    raise StoreError(f"{what}: blob '{desc['digest']}' was removed while "
+                                     "pulling (a concurrent gc?): run the pull again") from None
+                pinned[desc["digest"]] = link
+
+            res = registry.pull(source, self.oci_dir, platform=platform, insecure=insecure,
+                                jobs=jobs, progress=_BlobProgress(progress, 0), on_blob=pin,
+                                mount_cache=self._mount_cache())
+            mdigest = res.manifest["digest"]
+            manifest = self._read_blob(mdigest, "manifest")
+            config = self._read_blob(res.config["digest"], "config")
+            if any(m.get("digest") == mdigest for m in self._entries()):
+                img = self._name_recorded(mdigest, name, res.manifest["mediaType"])
+                img.transfer = res
+                return img
+            try:
+                cdoc = json.loads(config)
+                diff_ids = list(cdoc["rootfs"]["diff_ids"])
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise LayerFormatError(f"{what}: config '{res.config['digest']}' is not an "
+                                       f"image config: {e}") from None
+            if len(diff_ids) != len(res.layers):
+                raise LayerFormatError(f"{what}: the config lists {len(diff_ids)} diff_ids "
+                                       f"for {len(res.layers)} layers")
+            staged = []
+            for i, (desc, diff_id) in enumerate(zip(res.layers, diff_ids, strict=True)):
+                blob = os.path.join(stage, f"blob-{i}")  # one per layer: publishing consumes it
+                os.link(pinned[desc["digest"]], blob)
+                staged.append(self._stage_layer(
+                    stage, i, blob, digest=desc["digest"],
+                    size=int(desc["size"]), media_type=desc.get("mediaType"),
+                    diff_id=diff_id, what=f"{what}: layer '{desc['digest']}'"))
+            with self.lock():
+                img = self._record(staged, config, manifest, name,
+                                   manifest_media_type=res.manifest["mediaType"])
+        img.transfer = res
+        return img
+
+    def _name_recorded(self, digest: str, name: str | None, media_type: str) -> Image:
+        """An image already recorded (verified then): give it ``name``, make sure its
+        layers are unpacked, return it."""
+        with self.lock():
+            if name is None:
+                name = next((n for m in self._entries() if m.get("digest") == digest
+                             and (n := m.get("annotations", {}).get(C.ANNOTATION_REF_NAME))),
+                            None)
+            else:
+                desc = next((m for m in self._entries() if m.get("digest") == digest), None)
+                if desc is None:  # removed meanwhile: record it afresh under its name
+                    desc = {"mediaType": media_type, "digest": digest,
+                            "size": len(self._read_blob(digest, "manifest"))}
+                desc = {k: v for k, v in desc.items() if k != "annotations"}
+                index = self._read_index()
+                if not any(m.get("digest") == digest and m.get("annotations", {})
+                           .get(C.ANNOTATION_REF_NAME) == name for m in index["manifests"]):
+                    self._write_index(oci.index_with(index, desc, name))
+            img = self._load(digest, name)
+            img.lower_dirs  # noqa: B018 (unpacks a layer a gc removed; raises if it cannot)
+        return img
+
     # --- containers (library API) -------------------------------------------------------
 
     @property
@@ -1013,27 +1137,70 @@ class Store:
     # --- maintenance --------------------------------------------------------------------
 
     def _referenced(self) -> tuple[set[str], set[str]]:
-        """(blob digests, layer diff_ids) that index.json reaches."""
+        """(blob digests, layer diff_ids) that index.json or a container reaches.
+
+        A container keeps every layer directory it mounts (its ``lower_dirs``) and the
+        blobs of its image and of its last commit's image, even after ``rmi`` of them."""
         blobs: set[str] = set()
         layers: set[str] = set()
-        for m in self._entries():
-            blobs.add(m["digest"])
+
+        def keep_image(digest: str) -> None:
+            blobs.add(digest)
             with contextlib.suppress(SnapdiffError, OSError, KeyError, ValueError, TypeError):
-                img = self._load(m["digest"], None)
+                img = self._load(digest, None)
                 blobs.add(img.manifest["config"]["digest"])
                 blobs.update(d["digest"] for d in img.layers)
                 layers.update(img.diff_ids)
+
+        for m in self._entries():
+            keep_image(m["digest"])
+        for state in self._container_states():
+            for digest in (state.get("image_id"),
+                           ((state.get("state") or {}).get("commit") or {}).get("image")):
+                if isinstance(digest, str) and digest.startswith("sha256:"):
+                    keep_image(digest)
+            for d in state.get("lower_dirs") or []:
+                root = os.path.dirname(os.path.abspath(d))
+                if os.path.dirname(root) == self.layers_dir:
+                    layers.add("sha256:" + os.path.basename(root))
         return blobs, layers
 
+    def _container_states(self) -> list[dict]:
+        """The state.json of every container, those being created included.  A state that
+        cannot be read stops gc (it might keep a layer alive) with a clear error."""
+        states = []
+        try:
+            names = os.listdir(self.containers_dir)
+        except FileNotFoundError:
+            return states
+        for n in names:
+            path = os.path.join(self.containers_dir, n, "state.json")
+            try:
+                with open(path, "rb") as f:
+                    state = json.loads(f.read())
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # not a container, or removed meanwhile
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise StoreError(f"gc: container '{n[:12]}': cannot read state.json ({e}); "
+                                 "fix or remove the container first") from None
+            if not isinstance(state, dict):
+                raise StoreError(f"gc: container '{n[:12]}': state.json is not an object")
+            states.append(state)
+        return states
+
     def gc(self) -> dict:
-        """Remove blobs and unpacked layers that no image references, and temporaries of
-        processes that are gone.  Holds the lock, so it never runs beside another writer."""
+        """Remove blobs and unpacked layers that neither an image nor a container
+        references, and temporaries of processes that are gone (a ``.partial`` download
+        is removed only when no pull holds it).  Holds the lock, so it never runs beside
+        another writer."""
         stats = {"blobs": 0, "layers": 0, "tmp": 0, "bytes": 0}
         if not os.path.isdir(self.root):
             return stats
         with self.lock():
             blobs, layers = self._referenced()
             for name in os.listdir(self.blobs_dir):
+                if name.startswith("."):
+                    continue  # temporaries and partial downloads: below
                 if f"sha256:{name}" not in blobs:
                     p = os.path.join(self.blobs_dir, name)
                     stats["bytes"] += os.lstat(p).st_size
@@ -1054,11 +1221,14 @@ class Store:
                 stats["tmp"] += 1
             for d in (self.oci_dir, self.blobs_dir):
                 for name in os.listdir(d):
+                    p = os.path.join(d, name)
                     if name.startswith(".tmp-"):
                         pid = name.split("-")[1]
                         if not (pid.isdigit() and _alive(int(pid))):
-                            os.unlink(os.path.join(d, name))
+                            os.unlink(p)
                             stats["tmp"] += 1
+                    elif name.endswith(".partial") and _remove_unheld(p):
+                        stats["tmp"] += 1
             _syncfs(self.root)
         return stats
 
@@ -1074,7 +1244,7 @@ class Store:
         except StoreError as e:
             return [Problem("index", self.index_path, str(e))]
         names = sorted(os.listdir(self.blobs_dir)) if os.path.isdir(self.blobs_dir) else []
-        names = [n for n in names if not n.startswith(".tmp-")]
+        names = [n for n in names if not n.startswith(".")]  # temporaries, partial pulls
         sizes = {n: os.lstat(os.path.join(self.blobs_dir, n)).st_size for n in names}
         total, done = sum(sizes.values()), 0
         for n in names:
@@ -1139,6 +1309,58 @@ def _name_or_none(ref: str | None) -> str | None:
         return oci.normalize_name(ref)
     except UnsupportedError:
         return None
+
+
+def _default_pull_name(ref) -> str | None:
+    """``repository:tag`` of a registry reference, as the store names images (Docker
+    Hub's ``library/`` prefix dropped); None for a reference by digest alone."""
+    if ref.tag is None:
+        return None
+    repo = ref.repository
+    if ref.registry == "docker.io" and repo.startswith("library/"):
+        repo = repo[len("library/"):]
+    return _name_or_none(f"{repo}:{ref.tag}")
+
+
+class _BlobProgress:
+    """Adapts the registry's per-blob ``(digest, done, total)`` reports to the store's
+    ``progress(done_bytes, total_bytes)`` over the whole transfer."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress = progress
+        self.total = total
+        self.blobs: dict[str, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return self.progress is not None
+
+    def __call__(self, digest: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            self.blobs[digest] = (done, total)
+            done_all = sum(d for d, _ in self.blobs.values())
+            total_all = max(self.total, sum(t for _, t in self.blobs.values()), done_all)
+        self.progress(done_all, total_all)
+
+
+def _remove_unheld(path: str) -> bool:
+    """Remove ``path`` unless a process holds a flock on it (a pull holds its partial
+    download while it writes it); True if removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

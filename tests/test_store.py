@@ -194,6 +194,85 @@ def test_gc_removes_only_unreferenced(store, src, tmp_path):
     assert store.fsck() == []
 
 
+def _image_files(store, img) -> list[str]:
+    """The blobs of an image (manifest, config, layers) and its unpacked layer dirs."""
+    blobs = [img.id, img.manifest["config"]["digest"]] + [d["digest"] for d in img.layers]
+    return [store.blob_path(b) for b in blobs] + [store.layer_root(d) for d in img.diff_ids]
+
+
+@pytest.mark.needs("root", "mknod", "trusted_xattr", "overlay", "unshare")
+def test_gc_keeps_what_containers_use(store, busybox_rootfs):
+    base = store.import_(busybox_rootfs, "base:1")
+    c, code = store.run("base:1", ["/bin/sh", "-c", "echo x > /x"])
+    assert code == 0
+    app = c.commit("app:1")
+    app_files = [p for p in _image_files(store, app) if p not in _image_files(store, base)]
+    plain = store.containers.create(store.image("base:1"), cmd=["true"])
+    on_app = store.containers.create(store.image("app:1"), cmd=["true"])
+    store.rmi("base:1")
+    store.rmi("app:1")
+    assert store.images() == []
+    stats = store.gc()
+    assert stats["blobs"] == 0 and stats["layers"] == 0
+    for p in _image_files(store, base) + app_files:
+        assert os.path.exists(p), p
+    for ctr in (c, plain, on_app):
+        assert all(os.path.isdir(d) for d in ctr.lower_dirs)
+        merged = ctr.mount()
+        assert os.path.exists(os.path.join(merged, "bin/busybox"))
+        ctr.umount()
+    with open(os.path.join(on_app.mount(), "x"), "rb") as f:
+        assert f.read() == b"x\n"
+    on_app.umount()
+    # c committed app:1: its commit keeps app:1 alive after on_app is gone
+    on_app.remove()
+    assert store.gc()["blobs"] == 0
+    assert all(os.path.exists(p) for p in app_files)
+    c.remove()
+    stats = store.gc()
+    assert stats["blobs"] == 3 and stats["layers"] == 1  # app:1's manifest, config, layer
+    assert not any(os.path.exists(p) for p in app_files)
+    assert all(os.path.exists(p) for p in _image_files(store, base))  # plain still uses it
+    plain.remove()
+    stats = store.gc()
+    assert stats["blobs"] == 3 and stats["layers"] == 1
+    assert os.listdir(store.blobs_dir) == [] and os.listdir(store.layers_dir) == []
+    assert store.fsck() == []
+
+
+def test_gc_refuses_a_container_it_cannot_read(store, src):
+    commit_tree(store, src, name="base")
+    bad = os.path.join(store.containers_dir, "a" * 64)
+    os.makedirs(bad)
+    with open(os.path.join(bad, "state.json"), "w") as f:
+        f.write("{not json")
+    store.rmi("base")
+    blobs = set(os.listdir(store.blobs_dir))
+    with pytest.raises(StoreError, match=f"gc: container '{'a' * 12}': cannot read state.json"):
+        store.gc()
+    assert set(os.listdir(store.blobs_dir)) == blobs
+
+
+def test_gc_and_fsck_with_partial_downloads(store, src):
+    import fcntl
+
+    commit_tree(store, src, name="base")
+    held = os.path.join(store.blobs_dir, "." + "1" * 64 + ".partial")
+    dead = os.path.join(store.blobs_dir, "." + "2" * 64 + ".partial")
+    for p in (held, dead):
+        with open(p, "wb") as f:
+            f.write(b"half a blob")
+    assert store.fsck() == []   # temporaries are not blobs
+    fd = os.open(held, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)   # what a running pull holds
+        assert store.gc()["tmp"] == 1
+        assert os.path.exists(held) and not os.path.exists(dead)
+    finally:
+        os.close(fd)
+    assert store.gc()["tmp"] == 1 and not os.path.exists(held)
+
+
 def test_fsck_finds_a_flipped_byte_in_a_blob(store, src):
     img = commit_tree(store, src, name="app")
     assert store.fsck() == []
