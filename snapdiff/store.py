@@ -464,7 +464,15 @@ class Store:
         raise ImageNotFound(f"image '{ref}': no such image in store '{self.root}'")
 
     def image(self, ref: str) -> Image:
-        digest, name, _ = self._resolve(ref)
+        try:
+            digest, name, _ = self._resolve(ref)
+        except ImageNotFound:
+            # an image is content-addressed: a full id still names an untagged manifest the
+            # store keeps (say, for a container whose image was removed with rmi)
+            if ref.startswith("sha256:") and len(ref) == 71 and \
+                    os.path.exists(self.blob_path(ref)):
+                return self._load(ref, None)
+            raise
         return self._load(digest, name)
 
     def inspect(self, ref: str) -> dict:

@@ -8,6 +8,7 @@ the same tree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -462,3 +463,26 @@ def test_library_api_example(store):
     assert image.name == "lib:1" and store.image("lib:1").id == image.id
     assert stat.S_ISREG(os.lstat(os.path.join(image.lower_dirs[0], "artifact")).st_mode)
     c.remove()
+
+
+def test_commit_after_the_image_was_removed(store):
+    """rmi of a container's image keeps what the container uses (gc too); commit works."""
+    c = _run(store, "echo kept > /kept", "orphan")
+    try:
+        img = c.commit("orphan-base:1")
+        c2 = _run_from(store, "orphan-base:1", "echo more > /more", "orphan2")
+        store.rmi("orphan-base:1")
+        store.gc()
+        out = c2.commit("orphan-next:1")
+        assert out.changes.lines() == ["A /more"]
+        assert out.diff_ids[:-1] == img.diff_ids
+    finally:
+        c.remove(force=True)
+        with contextlib.suppress(ContainerNotFound):
+            store.container("orphan2").remove(force=True)
+
+
+def _run_from(store, ref, script, name):
+    c, code = store.run(ref, ["/bin/sh", "-c", script], name=name)
+    assert code == 0, c.logs()
+    return c
