@@ -80,6 +80,16 @@ def _proc_start_time(pid: int) -> int | None:
     return int(rest[19])
 
 
+def _proc_state(pid: int) -> bytes | None:
+    """The state letter of /proc/PID/stat (R, S, T, Z...), None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].split()[0]
+
+
 def _exit_code(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
@@ -692,7 +702,21 @@ class Container:
                 for p in self._ns_pids():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(p, signal.SIGSTOP)
+            self._wait_stopped()
         self._update(paused=True)
+
+    def _wait_stopped(self, timeout: float = 5.0) -> None:
+        """SIGSTOP is delivered asynchronously: wait until every process is stopped, so a
+        commit that follows reads a tree nobody writes to."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [p for p in self._ns_pids() if _proc_state(p) not in (b"T", b"t", None)]
+            if not running:
+                return
+            if time.monotonic() > deadline:
+                raise ContainerStateError(f"pause '{self.display_name}': processes "
+                                          f"{running[:5]} did not stop")
+            time.sleep(0.002)
 
     def resume(self) -> None:
         if self.pid is None:
