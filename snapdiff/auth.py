@@ -12,10 +12,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
 from snapdiff.errors import RegistryError
+from snapdiff.fsutil import atomic_write
 
 __all__ = ["Credentials", "auth_file", "docker_config_file", "lookup", "store", "remove"]
 
@@ -108,21 +108,7 @@ def lookup(registry: str) -> Credentials | None:
 def _write(path: str, data: dict) -> None:
     d = os.path.dirname(path) or "."
     os.makedirs(d, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".auth-", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
 
 
 def store(registry: str, creds: Credentials) -> str:

@@ -43,6 +43,7 @@ from snapdiff.errors import (
     StoreError,
     UnsupportedError,
 )
+from snapdiff.fsutil import atomic_write
 
 __all__ = ["Containers", "Container", "parse_volume", "resolve_user", "FORWARDED_SIGNALS"]
 
@@ -58,12 +59,7 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 # --- small helpers ----------------------------------------------------------------------
 
 def _write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), sync_dir=False)
 
 
 def _proc_start_time(pid: int) -> int | None:

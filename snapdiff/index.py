@@ -20,6 +20,7 @@ import xxhash
 
 from snapdiff import _core
 from snapdiff.errors import IndexFormatError
+from snapdiff.fsutil import atomic_write
 
 __all__ = ["ENTRY_DTYPE", "Entry", "TreeIndex", "WalkProblem", "layer_snapshot", "snapshot"]
 
@@ -241,22 +242,7 @@ class TreeIndex:
             h.update(part)
         header = _HEADER.pack(_MAGIC, _VERSION, ENTRY_DTYPE.itemsize, len(self.entries),
                               len(paths), len(extra), h.intdigest())
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(header)
-                for part in body:
-                    f.write(part)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_write(path, [header, *body])
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TreeIndex:

@@ -29,7 +29,6 @@ import json
 import os
 import platform as _platform
 import re
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -49,6 +48,7 @@ from snapdiff.constants import (
     MEDIA_TYPE_MANIFEST,
 )
 from snapdiff.errors import DigestMismatchError, ImageNotFound, RegistryError, UnsupportedError
+from snapdiff.fsutil import atomic_write, fsync_dir
 
 __all__ = [
     "Reference", "parse_reference", "PushResult", "PullResult", "push", "pull",
@@ -172,32 +172,6 @@ def _blob_path(layout_dir: str, digest: str) -> str:
     return os.path.join(layout_dir, "blobs", "sha256", digest[7:])
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    d = os.path.dirname(path)
-    # named for this process (".tmp-<pid>-"), so a store's gc can tell a live temporary
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(d)
 
 
 def init_layout(layout_dir: str) -> None:
@@ -205,10 +179,10 @@ def init_layout(layout_dir: str) -> None:
     os.makedirs(os.path.join(layout_dir, "blobs", "sha256"), exist_ok=True)
     marker = os.path.join(layout_dir, "oci-layout")
     if not os.path.exists(marker):
-        _atomic_write(marker, json.dumps({"imageLayoutVersion": MEDIA_TYPE_LAYOUT_HEADER}).encode())
+        atomic_write(marker, json.dumps({"imageLayoutVersion": MEDIA_TYPE_LAYOUT_HEADER}).encode())
     index = os.path.join(layout_dir, "index.json")
     if not os.path.exists(index):
-        _atomic_write(index, json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX,
+        atomic_write(index, json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX,
                                          "manifests": []}).encode())
 
 
@@ -254,7 +228,7 @@ def record_in_layout(layout_dir: str, manifest_desc: dict, ref_name: str) -> Non
             desc["platform"] = manifest_desc["platform"]
         desc["annotations"] = {**(manifest_desc.get("annotations") or {}), ANNOTATION_REF_NAME: ref_name}
         index["manifests"] = kept + [desc]
-        _atomic_write(os.path.join(layout_dir, "index.json"),
+        atomic_write(os.path.join(layout_dir, "index.json"),
                       json.dumps(index, separators=(",", ":")).encode())
     finally:
         os.close(dfd)
@@ -295,7 +269,7 @@ class _MountCache:
         with self.lock:
             d = os.path.dirname(self.path) or "."
             os.makedirs(d, exist_ok=True)
-            _atomic_write(self.path, json.dumps(self.data, separators=(",", ":")).encode())
+            atomic_write(self.path, json.dumps(self.data, separators=(",", ":")).encode())
             self.dirty = False
 
 
@@ -992,8 +966,8 @@ def pull(source: str, layout_dir: str, *, ref_name: str | None = None, platform:
                     f.result()
         mpath = _blob_path(layout_dir, digest)
         if not os.path.exists(mpath):
-            _atomic_write(mpath, data)
-        _fsync_dir(os.path.join(layout_dir, "blobs", "sha256"))
+            atomic_write(mpath, data)
+        fsync_dir(os.path.join(layout_dir, "blobs", "sha256"))
         manifest_desc = {"mediaType": media_type, "digest": digest, "size": len(data)}
         if platform_desc and platform_desc.get("platform"):
             manifest_desc["platform"] = platform_desc["platform"]

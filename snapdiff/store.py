@@ -55,6 +55,7 @@ from snapdiff.errors import (
     StoreError,
     UnsupportedError,
 )
+from snapdiff.fsutil import atomic_write
 from snapdiff.index import TreeIndex, layer_snapshot
 
 __all__ = ["Store", "Image", "ImageRecord", "StoredLayer", "Problem", "default_root"]
@@ -80,14 +81,6 @@ def _now_rfc3339() -> str:
     else:
         t = datetime.datetime.now(datetime.UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _libc = None
@@ -313,21 +306,9 @@ class Store:
         finally:
             _rmtree(path)
 
-    def _atomic_write(self, dest: str, data: bytes) -> None:
-        d = os.path.dirname(dest)
-        tmp = os.path.join(d, f".tmp-{os.getpid()}-{secrets.token_hex(6)}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            with open(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(d)
+    @staticmethod
+    def _atomic_write(dest: str, data: bytes) -> None:
+        atomic_write(dest, data)
 
     # --- objects ------------------------------------------------------------------------
 
