@@ -185,6 +185,7 @@ class ChangeSet:
     opaque: np.ndarray         # upper directories followed by an opaque marker
     existed: np.ndarray        # the path showed something in the base view (C, not A)
     deleted: list[bytes]       # paths deleted since the previous commit: whiteouts
+    listed: np.ndarray         # included entries `diff` shows (see lines())
 
     def items(self) -> list[tuple[bytes, ItemKind]]:
         """Tar items in tree order: parents first, opaque markers right after their dir."""
@@ -207,15 +208,22 @@ class ChangeSet:
         return out
 
     def lines(self) -> list[str]:
-        """`docker diff` style lines for the changes this layer carries."""
+        """`docker diff` / `podman diff` lines for the changes this layer carries.
+
+        D: deleted (a whiteout), or a directory that now hides what was there (opaque: the
+        old directory is gone, its new contents follow as A); A: added; C: changed.  As in
+        docker and podman, every ancestor of an A or D line is shown as C, but a directory
+        the layer carries only as the parent of a changed file is not shown.  Unlike them,
+        a no-op copy-up (a file chmod'ed away and back) is not a change."""
         U = self.upper
         rows = []
         paths = bytes(U.paths)
         offs = U.entries["path_off"]
         lens = U.entries["path_len"]
-        for i in np.flatnonzero(self.include).tolist():
+        for i in np.flatnonzero(self.listed).tolist():
             p = paths[offs[i]:offs[i] + lens[i]]
-            letter = "D" if self.whiteout[i] else ("C" if self.existed[i] else "A")
+            letter = "D" if self.whiteout[i] or self.opaque[i] else \
+                ("C" if self.existed[i] else "A")
             rows.append((p, letter))
         rows.extend((p, "D") for p in self.deleted)
         if self.deleted:
@@ -226,6 +234,7 @@ class ChangeSet:
         return json.dumps([{"letter": ln[0], "path": ln[2:]} for ln in self.lines()], indent=1)
 
     def __len__(self) -> int:
+        """Entries the layer carries (whiteouts and the parents it needs included)."""
         return int(self.include.sum()) + len(self.deleted)
 
     @property
@@ -383,6 +392,14 @@ def compute_changes(upper: str, lowers: list[TreeIndex], *, xattr_prefix: bytes,
                 if pp >= 0 and prev_to_u[pp] >= 0:
                     need_parent[prev_to_u[pp]] = True
     include = changed.copy()
+    # what `diff` lists: entries that changed themselves, and every ancestor of an added or
+    # deleted one (docker's and podman's rule), not parents the tar needs and nothing else
+    added_or_deleted = changed & (u_wh | opaque | ~existed)
+    above = need_parent.copy()
+    for sel in reversed(levels[1:]):
+        s = sel[added_or_deleted[sel] | above[sel]]
+        par = parent[s]
+        above[par[par >= 0]] = True
     # keep hard-link groups whole: a kept file's peers are kept too
     multi = u_reg & (U.entries["nlink"] > 1)
     if multi.any() and (include & multi).any():
@@ -398,7 +415,8 @@ def compute_changes(upper: str, lowers: list[TreeIndex], *, xattr_prefix: bytes,
     if hash_kept:
         # hash what the layer carries, so the next commit can tell it unchanged for free
         _hash_where(U, include & u_reg, threads)
-    return ChangeSet(U, include, include & u_wh, opaque & include, existed, deleted)
+    listed = include & (changed | above | ~u_dir)
+    return ChangeSet(U, include, include & u_wh, opaque & include, existed, deleted, listed)
 
 
 # --- config changes (-c) -------------------------------------------------------------
