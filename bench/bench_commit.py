@@ -26,6 +26,7 @@ into its mounted working container) for the gzip commit.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -238,9 +239,12 @@ def measure(nfiles: int, scale: int) -> Table:
     if scale > 1:
         big = base_store(nfiles * scale)
         bases.append((nfiles * scale, big, scenario_container(big, "S1", nfiles * scale)))
+    # an installed package has its bytecode compiled (pip does it); this environment may
+    # set PYTHONDONTWRITEBYTECODE=1, which would recompile every module in every process
+    compileall.compile_dir(os.path.dirname(snapdiff.__file__), quiet=1)
     py_floor = best(lambda: sh([sys.executable, "-c", "pass"]), 3)
+    name = "out-s1-cli:1"
     for n, st, c in bases:
-        name = "out-s1-cli:1"
         t = best(lambda st=st, c=c: sh([SNAPDIFF_CLI, "--root", st.root, "commit",
                                         "--compression", "none", c.id, name]),
                  ROUNDS["S1"], before=lambda st=st, c=c: reset(st, c, name))
@@ -254,6 +258,7 @@ def measure(nfiles: int, scale: int) -> Table:
             f"{'buildah/snapdiff':>17s}  target >= 3")
     gz_imgs = {}
     bh_sizes: dict[str, int] = {}
+    dest = os.path.join(bh.dir, "out")
     for s in ROUNDS:
         t, img = snap_commit(s, "gzip")
         gz_imgs[s] = img
@@ -261,9 +266,8 @@ def measure(nfiles: int, scale: int) -> Table:
         if wc is None:
             tab.row(f"{s + ' ' + _desc(s):28s} {t:8.3f}s  buildah unavailable: {bh.error}")
             continue
-        dest = os.path.join(bh.dir, "out")
         try:
-            tb = best(lambda: bh.commit(wc, dest), ROUNDS[s],
+            tb = best(lambda wc=wc: bh.commit(wc, dest), ROUNDS[s],
                       before=lambda: shutil.rmtree(dest, ignore_errors=True))
             bh_sizes[s] = layout_top_layer_size(dest)
         except RuntimeError as e:
