@@ -7,6 +7,9 @@
 #include "sd_tar.h"
 #include "sd_buf.h"
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -95,6 +98,11 @@ struct sd_tar_writer {
     struct sd_buf skipped;      /* struct sd_tar_skipped[] */
     struct sd_buf skipped_paths;
 
+    int hash_content;
+    XXH3_state_t *hstate;     /* owned, when hashing: the current file's content */
+    struct sd_buf hashes;       /* 16 bytes per item */
+    struct sd_buf hashed;       /* 1 byte per item */
+
     /* scratch, reused for every item */
     struct sd_buf name;         /* the entry's tar name */
     struct sd_buf target;       /* symlink target or hard link name */
@@ -106,6 +114,14 @@ struct sd_tar_writer {
 
     uint64_t offset;
 };
+
+/* The XXH3-128 of the content hashed so far becomes item idx's hash. */
+static void store_hash(struct sd_tar_writer *w, size_t idx)
+{
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(w->hstate));
+    memcpy(w->hashes.data + 16 * idx, c.digest, 16);
+}
 
 static const struct item *item_at(const struct sd_tar_writer *w, size_t i)
 {
@@ -130,6 +146,12 @@ struct sd_tar_writer *sd_tar_writer_new(int root_fd, const struct sd_tar_opts *o
     w->read_chunk = opts && opts->read_chunk ? opts->read_chunk : DEFAULT_READ_CHUNK;
     w->dir_fd = -1;
     w->file_fd = -1;
+    w->hash_content = opts ? opts->hash_content : 0;
+    if (w->hash_content && (w->hstate = XXH3_createState()) == NULL) {
+        free(w);
+        nomem(err, "tar writer");
+        return NULL;
+    }
     sd_error_clear(&w->fail);
     return w;
 }
@@ -142,6 +164,10 @@ void sd_tar_writer_free(struct sd_tar_writer *w)
         close(w->dir_fd);
     if (w->file_fd >= 0)
         close(w->file_fd);
+    if (w->hstate)
+        XXH3_freeState(w->hstate);
+    sd_buf_free(&w->hashes);
+    sd_buf_free(&w->hashed);
     sd_buf_free(&w->paths);
     sd_buf_free(&w->items);
     sd_buf_free(&w->dir_path);
@@ -842,6 +868,12 @@ header:
     clamp_mtime(w, &h);
     if (put_entry(w, &h, path, len, err) < 0)
         goto fail;
+    if (fd >= 0 && w->hash_content) {
+        XXH3_128bits_reset(w->hstate);
+        w->hashed.data[idx] = 1;
+        if (h.size == 0)
+            store_hash(w, idx);
+    }
     if (fd >= 0) {
         if (h.size == 0) {
             close(fd);
@@ -916,9 +948,21 @@ static int end_file(struct sd_tar_writer *w, struct sd_error *err)
         return sd_error_set(err, SD_ERR_CHANGED, "read", path, it->len,
                             "file changed while being written (size %llu, now %llu)",
                             (unsigned long long)w->file_size, (unsigned long long)st.st_size);
+    if (w->hash_content)
+        store_hash(w, w->file_item);
     if (tbuf_zeros(&w->out, (BLOCK - w->file_size % BLOCK) % BLOCK) < 0)
         return nomem(err, "read");
     return 0;
+}
+
+size_t sd_tar_writer_hashes(const struct sd_tar_writer *w, const uint8_t **hashes,
+                            const uint8_t **hashed)
+{
+    if (!w->hash_content || !w->trailer_done || w->failed || w->hashes.data == NULL)
+        return 0;
+    *hashes = w->hashes.data;
+    *hashed = w->hashed.data;
+    return w->n_items;
 }
 
 int sd_tar_writer_read(struct sd_tar_writer *w, uint8_t *buf, size_t cap, size_t *n_out,
@@ -929,6 +973,17 @@ int sd_tar_writer_read(struct sd_tar_writer *w, uint8_t *buf, size_t cap, size_t
     if (w->failed) {
         *err = w->fail;
         return -1;
+    }
+    if (!w->started && w->hash_content) {
+        if (sd_buf_reserve(&w->hashes, 16 * w->n_items + 1) < 0 ||
+            sd_buf_reserve(&w->hashed, w->n_items + 1) < 0) {
+            nomem(err, "read");
+            goto fail;
+        }
+        memset(w->hashes.data, 0, 16 * w->n_items);
+        memset(w->hashed.data, 0, w->n_items);
+        w->hashes.len = 16 * w->n_items;
+        w->hashed.len = w->n_items;
     }
     w->started = 1;
     while (n < cap) {
@@ -979,6 +1034,8 @@ int sd_tar_writer_read(struct sd_tar_writer *w, uint8_t *buf, size_t cap, size_t
                                  (unsigned long long)(w->file_size - w->file_left));
                     goto fail;
                 }
+                if (w->hash_content)
+                    XXH3_128bits_update(w->hstate, buf + n, (size_t)r);
                 n += (size_t)r;
                 w->file_left -= (uint64_t)r;
                 w->file_pos += (uint64_t)r;

@@ -37,6 +37,8 @@ struct sd_tar_opts {
                           * whiteouts get mtime 0 */
     size_t read_chunk;   /* largest read() of file content; 0 means 4 MiB (tests make it
                           * small to change a file half-way through) */
+    int hash_content;    /* compute the XXH3-128 of each regular file's content as it is
+                          * streamed (sd_tar_writer_hashes): no second read of the files */
 };
 
 /* A socket (or any type tar cannot carry) that was left out of the stream. */
@@ -74,6 +76,13 @@ uint64_t sd_tar_writer_offset(const struct sd_tar_writer *w);
  * valid until the next call on it. */
 size_t sd_tar_writer_skipped(const struct sd_tar_writer *w, const struct sd_tar_skipped **out,
                              const uint8_t **paths);
+
+/* With opts.hash_content, once the stream has ended: hashes[16 * i] is the XXH3-128
+ * (canonical, big-endian) of item i's content where hashed[i] is 1 (a regular file whose
+ * data the stream carries; hard links to an earlier item and non-files are 0).  Both
+ * point into the writer's memory.  Returns the number of items, or 0 if not available. */
+size_t sd_tar_writer_hashes(const struct sd_tar_writer *w, const uint8_t **hashes,
+                            const uint8_t **hashed);
 
 void sd_tar_writer_free(struct sd_tar_writer *w);
 

@@ -1,16 +1,33 @@
-"""snapdiff: turn what a container changed into a new OCI image layer, fast and exactly."""
+"""snapdiff: turn what a container changed into a new OCI image layer, fast and exactly.
+
+The public names are loaded on first use, so that ``import snapdiff.cli`` (every command
+line start) pays only for what the command needs.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from snapdiff.diff import Change, Diff, diff
-from snapdiff.errors import SnapdiffError
-from snapdiff.index import Entry, TreeIndex, snapshot
+_EXPORTS = {
+    "Change": "snapdiff.diff", "Diff": "snapdiff.diff", "diff": "snapdiff.diff",
+    "Entry": "snapdiff.index", "TreeIndex": "snapdiff.index", "snapshot": "snapdiff.index",
+    "SnapdiffError": "snapdiff.errors",
+    "Image": "snapdiff.store", "Store": "snapdiff.store",
+}
 
-__all__ = ["Change", "Diff", "Entry", "SnapdiffError", "TreeIndex", "diff", "snapshot",
-           "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
 
-from snapdiff.store import Image, Store  # noqa: E402
 
-__all__ += ["Image", "Store"]
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'snapdiff' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -47,7 +47,7 @@ from snapdiff.index import (
     layer_snapshot,
     snapshot,
 )
-from snapdiff.layers import ItemKind, write_layer
+from snapdiff.layers import ItemKind, LayerItems, write_layer
 
 __all__ = ["ChangeSet", "compute_changes", "commit", "parse_changes"]
 
@@ -207,6 +207,53 @@ class ChangeSet:
             out.sort(key=lambda it: (tuple(it[0].split(b"/")), it[1] == ItemKind.OPAQUE))
         return out
 
+    def layer_items(self) -> tuple[LayerItems | list, np.ndarray]:
+        """The tar items as columns for the writer, and for each item the position of the
+        upper entry it writes (-1 for opaque markers and whiteouts of deleted paths)."""
+        U = self.upper
+        if self.deleted:  # whiteouts from the previous commit's index: merged in Python
+            items = self.items()
+            pos = np.array([U.find(p) if k == ItemKind.ENTRY else -1 for p, k in items],
+                           dtype=np.int64)
+            return items, pos
+        pos = np.flatnonzero(self.include)
+        reps = np.where(self.opaque[pos], 2, 1)
+        item_pos = np.repeat(pos, reps)
+        kinds = np.full(len(item_pos), int(ItemKind.ENTRY), dtype=np.uint8)
+        kinds[self.whiteout[item_pos]] = int(ItemKind.WHITEOUT)
+        markers = (np.cumsum(reps) - reps)[reps == 2] + 1  # right after their directory
+        kinds[markers] = int(ItemKind.OPAQUE)
+        item_pos[markers] = -1
+        e = U.entries
+        src = np.where(item_pos >= 0, item_pos, np.repeat(pos, reps))
+        items = LayerItems(U._paths_u8, np.ascontiguousarray(e["path_off"][src], np.uint64),
+                           np.ascontiguousarray(e["path_len"][src], np.uint32), kinds)
+        return items, item_pos
+
+    def record_hashes(self, item_pos: np.ndarray,
+                      content_hashes: tuple[bytes, bytes] | None) -> None:
+        """Keep the content hashes the tar writer computed in the upper index (and give
+        them to hard-link peers it wrote as links), so the next commit need not read the
+        files to know them unchanged."""
+        if content_hashes is None:  # an empty layer: nothing was streamed
+            return
+        U = self.upper
+        hashes = np.frombuffer(content_hashes[0], dtype="V16")
+        ok = (np.frombuffer(content_hashes[1], dtype=np.uint8) != 0) & (item_pos >= 0)
+        U.entries["hash"][item_pos[ok]] = hashes[ok]
+        U.entries["flags"][item_pos[ok]] |= HASHED
+        e = U.entries
+        peers = np.flatnonzero(self.include & (e["nlink"] > 1) & ((e["flags"] & HASHED) == 0)
+                               & ((e["mode"] & _S_IFMT) == stat.S_IFREG))
+        if len(peers):
+            done = np.flatnonzero(self.include & (e["nlink"] > 1) & ((e["flags"] & HASHED) != 0))
+            by_ino = {int(e["ino"][i]): i for i in done.tolist()}
+            for i in peers.tolist():
+                j = by_ino.get(int(e["ino"][i]))
+                if j is not None:
+                    e["hash"][i] = e["hash"][j]
+                    e["flags"][i] |= HASHED
+
     def lines(self) -> list[str]:
         """`docker diff` / `podman diff` lines for the changes this layer carries.
 
@@ -295,7 +342,7 @@ def _hash_where(U: TreeIndex, want: np.ndarray, threads: int | None) -> None:
 
 def compute_changes(upper: str, lowers: list[TreeIndex], *, xattr_prefix: bytes,
                     prev: TreeIndex | None = None, threads: int | None = None,
-                    what: str = "commit", hash_kept: bool = True) -> ChangeSet:
+                    what: str = "commit") -> ChangeSet:
     """The change set of an overlay upper directory over `lowers` (top layer first),
     relative to the state saved at the previous commit (`prev`), or to the lower stack
     alone (prev=None: everything since the container was created)."""
@@ -412,9 +459,6 @@ def compute_changes(upper: str, lowers: list[TreeIndex], *, xattr_prefix: bytes,
         s = sel[include[sel]]
         par = parent[s]
         include[par[par >= 0]] = True
-    if hash_kept:
-        # hash what the layer carries, so the next commit can tell it unchanged for free
-        _hash_where(U, include & u_reg, threads)
     listed = include & (changed | above | ~u_dir)
     return ChangeSet(U, include, include & u_wh, opaque & include, existed, deleted, listed)
 
@@ -542,10 +586,13 @@ def commit(store, container, name: str | None = None, *, message: str | None = N
         cs = compute_changes(container.upper_dir, lowers, xattr_prefix=container.xattr_prefix,
                              prev=prev, threads=threads, what=what)
         tmp = os.path.join(store.tempdir(), f"commit-{container.id[:12]}-{os.getpid()}.blob")
+        items, item_pos = cs.layer_items()
         try:
-            info = write_layer(container.upper_dir, cs.items(), tmp, compression=compression,
+            # the writer hashes each file as it streams it: the next commit knows what this
+            # one carried without reading it again
+            info = write_layer(container.upper_dir, items, tmp, compression=compression,
                                level=level, timestamp=timestamp, threads=threads,
-                               progress=progress)
+                               hash_content=True, progress=progress)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -565,6 +612,7 @@ def commit(store, container, name: str | None = None, *, message: str | None = N
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    cs.record_hashes(item_pos, info.content_hashes)
     # remember what this commit covered, for the next (incremental) one; written after the
     # image, so a crash in between only makes the next commit repeat these changes
     cs.upper.save(os.path.join(container.dir, COMMIT_INDEX))
@@ -582,5 +630,4 @@ def container_diff(container, *, threads: int | None = None) -> ChangeSet:
         raise ContainerStateError(f"diff '{container.display_name}': no writable layer")
     lowers = load_lower_indexes(container.lower_dirs)
     return compute_changes(container.upper_dir, lowers, xattr_prefix=container.xattr_prefix,
-                           threads=threads, what=f"diff '{container.display_name}'",
-                           hash_kept=False)
+                           threads=threads, what=f"diff '{container.display_name}'")

@@ -33,7 +33,8 @@ from snapdiff.constants import LAYER_MEDIA_TYPES
 from snapdiff.errors import UnsupportedError
 
 __all__ = [
-    "ItemKind", "LayerInfo", "write_layer", "tree_items", "COMPRESSIONS", "GZIP_BLOCK",
+    "ItemKind", "LayerInfo", "LayerItems", "write_layer", "tree_items", "COMPRESSIONS",
+    "GZIP_BLOCK",
     "CHUNK",
 ]
 
@@ -68,6 +69,20 @@ class LayerInfo:
     media_type: str
     compression: str
     skipped: tuple[tuple[bytes, str], ...] = ()  # (path, reason) left out, e.g. sockets
+    # with hash_content: 16 bytes of XXH3-128 and one "hashed" flag byte per item
+    content_hashes: tuple[bytes, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class LayerItems:
+    """Items as columns (no Python object per item): item i is
+    ``blob[offs[i]:offs[i] + lens[i]]`` of kind ``kinds[i]``; buffers of uint64, uint32
+    and uint8 (numpy arrays, say)."""
+
+    blob: bytes
+    offs: object
+    lens: object
+    kinds: object
 
 
 def _cpus() -> int:
@@ -228,10 +243,11 @@ def _write(tw, dest: BinaryIO, compression: str, level: int | None, threads: int
     return ("sha256:" + diff_sha.hexdigest(), "sha256:" + sink.sha.hexdigest(), sink.size, total)
 
 
-def write_layer(root: str | bytes | os.PathLike, items: Iterable[tuple[bytes, int]],
+def write_layer(root: str | bytes | os.PathLike,
+                items: Iterable[tuple[bytes, int]] | LayerItems,
                 dest: BinaryIO | str | bytes | os.PathLike, *, compression: str = "gzip",
                 level: int | None = None, timestamp: int | None = None,
-                threads: int | None = None,
+                threads: int | None = None, hash_content: bool = False,
                 progress: Callable[[int], None] | None = None) -> LayerInfo:
     """Write the layer of ``items`` under ``root`` to ``dest`` in one pass.
 
@@ -246,6 +262,8 @@ def write_layer(root: str | bytes | os.PathLike, items: Iterable[tuple[bytes, in
     timestamp: clamp every mtime to at most this time (SOURCE_DATE_EPOCH); None keeps them.
     threads: compression threads, default all CPUs.  The output does not depend on it.
     progress: called with the number of tar bytes written so far, after each chunk.
+    hash_content: also compute each file's XXH3-128 as its content streams by
+      (``LayerInfo.content_hashes``), so a caller that indexes the tree reads no file twice.
 
     Raises UnsafeLayerError for a path a layer cannot carry (absolute, '..', a '.wh.' name),
     FileChangedError when a file changes size while it is written, OSError for I/O errors;
@@ -253,8 +271,11 @@ def write_layer(root: str | bytes | os.PathLike, items: Iterable[tuple[bytes, in
     """
     level = _check_options(compression, level, threads)
     nthreads = threads or _cpus()
-    with _core.TarWriter(root, timestamp=timestamp) as tw:
-        tw.add_items(items)
+    with _core.TarWriter(root, timestamp=timestamp, hash_content=hash_content) as tw:
+        if isinstance(items, LayerItems):
+            tw.add_item_arrays(items.blob, items.offs, items.lens, items.kinds)
+        else:
+            tw.add_items(items)
         if isinstance(dest, (str, bytes, os.PathLike)):
             diff_id, digest, size, total = _write_to_path(tw, os.fspath(dest), compression,
                                                           level, nthreads, progress)
@@ -262,9 +283,10 @@ def write_layer(root: str | bytes | os.PathLike, items: Iterable[tuple[bytes, in
             diff_id, digest, size, total = _write(tw, dest, compression, level, nthreads,
                                                   progress)
         skipped = tuple(tw.skipped)
+        hashes = tw.content_hashes() if hash_content else None
     return LayerInfo(digest=digest, diff_id=diff_id, size=size, uncompressed_size=total,
                      media_type=LAYER_MEDIA_TYPES[compression], compression=compression,
-                     skipped=skipped)
+                     skipped=skipped, content_hashes=hashes)
 
 
 def _write_to_path(tw, path: str | bytes, compression: str, level: int | None, threads: int,

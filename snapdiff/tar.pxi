@@ -5,8 +5,8 @@ from libc.stdlib cimport malloc
 
 from snapdiff.includes.sd_tar cimport (
     SD_TAR_ENTRY, SD_TAR_OPAQUE, SD_TAR_WHITEOUT, sd_tar_opts, sd_tar_skipped, sd_tar_writer,
-    sd_tar_writer_add_items, sd_tar_writer_free, sd_tar_writer_new, sd_tar_writer_offset,
-    sd_tar_writer_read, sd_tar_writer_skipped,
+    sd_tar_writer_add_items, sd_tar_writer_free, sd_tar_writer_hashes, sd_tar_writer_new,
+    sd_tar_writer_offset, sd_tar_writer_read, sd_tar_writer_skipped,
 )
 
 TAR_ENTRY = SD_TAR_ENTRY
@@ -17,10 +17,12 @@ TAR_OPAQUE = SD_TAR_OPAQUE
 cdef class TarWriter:
     """A layer tar stream of items under a root directory (csrc/sd_tar.h).
 
-    ``TarWriter(root, timestamp=None, read_chunk=0)`` opens ``root``; ``add_items`` takes
-    ``(path: bytes, kind)`` pairs in the order they are to be written; ``readinto(buf)`` /
-    ``read(size)`` then give the stream, ending with an empty read.  Owns the C writer and
-    the root's descriptor: ``close()`` (or the context manager) releases both.
+    ``TarWriter(root, timestamp=None, read_chunk=0, hash_content=False)`` opens ``root``;
+    ``add_items`` takes ``(path: bytes, kind)`` pairs in the order they are to be written
+    (``add_item_arrays`` the same as columns); ``readinto(buf)`` / ``read(size)`` then give
+    the stream, ending with an empty read; with ``hash_content``, ``content_hashes()`` then
+    gives each file's XXH3-128, computed on the way.  Owns the C writer and the root's
+    descriptor: ``close()`` (or the context manager) releases both.
     """
     cdef sd_tar_writer *w
     cdef int root_fd
@@ -31,7 +33,7 @@ cdef class TarWriter:
         self.root_fd = -1
         self.busy = False
 
-    def __init__(self, root, *, timestamp=None, size_t read_chunk=0):
+    def __init__(self, root, *, timestamp=None, size_t read_chunk=0, bint hash_content=False):
         cdef sd_error err
         cdef sd_tar_opts opts
         sd_error_clear(&err)
@@ -41,6 +43,7 @@ cdef class TarWriter:
             raise ValueError(f"write layer: timestamp {timestamp}: must be >= 0")
         opts.timestamp = -1 if timestamp is None else <int64_t>timestamp
         opts.read_chunk = read_chunk
+        opts.hash_content = hash_content
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.w = sd_tar_writer_new(self.root_fd, &opts, &err)
         if self.w == NULL:
@@ -95,6 +98,41 @@ cdef class TarWriter:
         free(lens)
         if rc < 0:
             raise_sd_error(&err, "write layer")
+
+    def add_item_arrays(self, const uint8_t[::1] blob not None,
+                        const uint64_t[::1] offs not None, const uint32_t[::1] lens not None,
+                        const uint8_t[::1] kinds not None):
+        """Append items given as columns: item i is blob[offs[i]:offs[i] + lens[i]] of kind
+        kinds[i] (no Python object per item)."""
+        cdef sd_error err
+        cdef size_t n = offs.shape[0], i
+        cdef int rc
+        self._check()
+        if <size_t>lens.shape[0] != n or <size_t>kinds.shape[0] != n:
+            raise ValueError("write layer: add items: columns of different lengths")
+        for i in range(n):
+            if offs[i] > <uint64_t>blob.shape[0] or lens[i] > <uint64_t>blob.shape[0] - offs[i]:
+                raise ValueError(f"write layer: add items: item {i} is outside the blob")
+        if n == 0:
+            return
+        sd_error_clear(&err)
+        rc = sd_tar_writer_add_items(self.w, &blob[0] if blob.shape[0] else <const uint8_t *>"",
+                                     &offs[0], &lens[0], &kinds[0], n, &err)
+        if rc < 0:
+            raise_sd_error(&err, "write layer")
+
+    def content_hashes(self):
+        """After the stream ended (with hash_content): ``(hashes, hashed)``, 16 bytes and one
+        flag byte per item; the flag is 1 where the stream carried a file's content.
+        None when not available."""
+        cdef const uint8_t *h
+        cdef const uint8_t *f
+        cdef size_t n
+        self._check()
+        n = sd_tar_writer_hashes(self.w, &h, &f)
+        if n == 0:
+            return None
+        return (<const char *>h)[:16 * n], (<const char *>f)[:n]
 
     def readinto(self, buf):
         """Fill ``buf`` (a writable buffer) with the next bytes of the stream; returns how many

@@ -489,3 +489,22 @@ def _run_from(store, ref, script, name):
     c, code = store.run(ref, ["/bin/sh", "-c", script], name=name)
     assert code == 0, c.logs()
     return c
+
+
+def test_commit_index_keeps_the_hashes_the_writer_computed(store):
+    """The next commit knows unchanged files without reading them: the saved upper index
+    holds the content hash of every file the layer carried, hard-link peers included."""
+    from snapdiff import _core
+    from snapdiff.index import TreeIndex
+
+    c = _run(store, "echo one > /one && dd if=/dev/urandom of=/big bs=64k count=20 "
+                    "2>/dev/null && ln /big /big2 && echo changed > /etc/app/conf", "hashes")
+    try:
+        c.commit("hashes:1")
+        saved = TreeIndex.load(os.path.join(c.dir, "commit.idx"))
+        for path in (b"one", b"big", b"big2", b"etc/app/conf"):
+            e = saved[path]
+            assert e.hash == _core.hash_file(os.path.join(c.upper_dir, os.fsdecode(path))), path
+        assert saved[b"etc"].hash is None  # directories have none
+    finally:
+        c.remove(force=True)

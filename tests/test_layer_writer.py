@@ -591,3 +591,39 @@ def test_cli_write_layer(tmp, monkeypatch):
                                  "--level", "7"])
     assert r.exit_code == 1 and r.stderr == "snapdiff: write layer: level 7: gzip levels are " \
         "0..3\n"
+
+
+def test_content_hashes_are_computed_while_streaming(tmp_path):
+    import numpy as np
+
+    from snapdiff.layers import LayerItems
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a").write_bytes(os.urandom(5_000_000))
+    (root / "empty").write_bytes(b"")
+    (root / "d").mkdir()
+    (root / "d" / "b").write_bytes(b"bee")
+    os.link(root / "a", root / "hard")
+    with open(root / "sparse", "wb") as f:
+        f.write(b"x")
+        f.truncate(3 << 20)
+    paths = [b"a", b"d", b"d/b", b"empty", b"hard", b"sparse"]
+    blob = b"".join(paths)
+    lens = np.array([len(p) for p in paths], dtype=np.uint32)
+    offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.uint64)
+    items = LayerItems(blob, offs, lens, np.zeros(len(paths), dtype=np.uint8))
+    info = write_layer(str(root), items, str(tmp_path / "l.tar"), compression="none",
+                       hash_content=True)
+    hashes, flags = info.content_hashes
+    assert list(flags) == [1, 0, 1, 1, 0, 1]  # dirs carry no content, "hard" is a link
+    for i, p in enumerate(paths):
+        if flags[i]:
+            assert hashes[16 * i:16 * i + 16] == _core.hash_file(root / os.fsdecode(p)), p
+    # the same items as pairs give the same bytes
+    info2 = write_layer(str(root), [(p, ItemKind.ENTRY) for p in paths],
+                        str(tmp_path / "l2.tar"), compression="none")
+    assert info2.digest == info.digest and info2.content_hashes is None
+    with _core.TarWriter(str(root)) as tw, pytest.raises(ValueError, match="outside the blob"):
+        tw.add_item_arrays(blob, np.array([0], np.uint64), np.array([999], np.uint32),
+                           np.zeros(1, np.uint8))

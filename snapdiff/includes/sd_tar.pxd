@@ -13,6 +13,7 @@ cdef extern from "sd_tar.h" nogil:
     struct sd_tar_opts:
         int64_t timestamp
         size_t read_chunk
+        int hash_content
 
     struct sd_tar_skipped:
         uint64_t path_off
@@ -31,4 +32,6 @@ cdef extern from "sd_tar.h" nogil:
     uint64_t sd_tar_writer_offset(const sd_tar_writer *w)
     size_t sd_tar_writer_skipped(const sd_tar_writer *w, const sd_tar_skipped **out,
                                  const uint8_t **paths)
+    size_t sd_tar_writer_hashes(const sd_tar_writer *w, const uint8_t **hashes,
+                                const uint8_t **hashed)
     void sd_tar_writer_free(sd_tar_writer *w)
