@@ -97,12 +97,12 @@ def scenario_container(store: snapdiff.Store, scen: str, nfiles: int):
 
 def reset(store: snapdiff.Store, c, name: str) -> None:
     """Forget a commit: remove its image (and blobs) and the container's commit record."""
+    c.reload()
+    c.state.pop("commit", None)  # first: gc keeps what a container's last commit uses
+    c.save_state()
     with contextlib.suppress(ImageNotFound):
         store.rmi(name)
     store.gc()
-    c.reload()
-    c.state.pop("commit", None)
-    c.save_state()
 
 
 def best(fn, rounds: int, before=None) -> float:
