@@ -26,5 +26,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[test]'
+# compat mode: a plain path entry and the extension built in place, instead of an import
+# hook that every snapdiff command would pay for at start
+.venv/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
 .venv/bin/python -c 'import snapdiff._core' >/dev/null
