@@ -25,6 +25,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -119,6 +120,40 @@ class _HashingSink:
             self.dest.flush()
 
 
+class _Writeback:
+    """Writes to a file and asks the kernel to start writing each chunk to disk at once
+    (sync_file_range), so the fsync that makes the blob durable has little left to wait
+    for.  Falls back to plain writes where the call or a file descriptor is missing."""
+
+    _sync_file_range = None
+    SYNC_FILE_RANGE_WRITE = 2
+
+    def __init__(self, dest: BinaryIO):
+        self.dest = dest
+        self.pos = 0
+        try:
+            self.fd = dest.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = -1
+        if _Writeback._sync_file_range is None:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = getattr(libc, "sync_file_range", None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            _Writeback._sync_file_range = fn or False
+
+    def write_all(self, mv: memoryview) -> None:
+        view = mv
+        while view:  # a raw file may write less than asked
+            w = self.dest.write(view)
+            view = view[w if w is not None else len(view):]
+        if self.fd >= 0 and self._sync_file_range:
+            self._sync_file_range(self.fd, self.pos, len(mv), self.SYNC_FILE_RANGE_WRITE)
+        self.pos += len(mv)
+
+
 def _compressor(compression: str, level: int | None, threads: int, sink: _HashingSink):
     if compression == "gzip":
         from isal import igzip_threaded
@@ -204,13 +239,17 @@ def _write(tw, dest: BinaryIO, compression: str, level: int | None, threads: int
     diff_sha = hashlib.sha256()
     if compression == "none":
         sink = _HashingSink(dest)
+        writeback = _Writeback(dest)
+        with ThreadPoolExecutor(1, thread_name_prefix="snapdiff-layer-writer") as pool:
+            def out(mv: memoryview) -> None:
+                # write and hash the chunk at once (both release the GIL), then hand the
+                # buffer back to the reader only when both are done with it
+                done = pool.submit(writeback.write_all, mv)
+                diff_sha.update(mv)
+                done.result()
+                sink.size += len(mv)
 
-        def out(mv: memoryview) -> None:
-            diff_sha.update(mv)
-            sink.dest.write(mv)
-            sink.size += len(mv)
-
-        total = _stream(tw, out, progress)
+            total = _stream(tw, out, progress)
         dest.flush()
         diff_id = "sha256:" + diff_sha.hexdigest()
         return diff_id, diff_id, sink.size, total
