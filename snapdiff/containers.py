@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -43,7 +42,7 @@ from snapdiff.errors import (
     StoreError,
     UnsupportedError,
 )
-from snapdiff.fsutil import atomic_write
+from snapdiff.fsutil import atomic_write, flocked
 
 __all__ = ["Containers", "Container", "parse_volume", "resolve_user", "FORWARDED_SIGNALS"]
 
@@ -294,15 +293,8 @@ class Container:
         except (OSError, ValueError) as e:
             raise StoreError(f"container '{self.id[:12]}': state.json: {e}") from None
 
-    @contextlib.contextmanager
     def _locked(self):
-        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return flocked(os.path.join(self.dir, "lock"))
 
     def _update(self, **fields) -> None:
         with self._locked():
@@ -955,16 +947,9 @@ class Containers:
         self.store_root = os.path.abspath(store_root)
         self.root = os.path.join(self.store_root, "containers")
 
-    @contextlib.contextmanager
     def _locked(self):
         os.makedirs(self.root, exist_ok=True)
-        fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return flocked(os.path.join(self.root, ".lock"))
 
     def _ids(self) -> list[str]:
         try:

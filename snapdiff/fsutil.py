@@ -8,12 +8,13 @@ one, never a part of either, and a crash keeps one of them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "flocked", "fsync_dir"]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -53,3 +54,14 @@ def atomic_write(path: str | os.PathLike,
         raise
     if sync_dir:
         fsync_dir(d)
+
+
+@contextlib.contextmanager
+def flocked(path: str | os.PathLike, *, mode: int = 0o600) -> Iterator[int]:
+    """Hold an exclusive flock on `path` (created if missing) for the block; yields the fd."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock

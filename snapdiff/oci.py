@@ -328,6 +328,14 @@ def _blob_rel(digest: str) -> str:
     return "blobs/sha256/" + digest.split(":", 1)[1]
 
 
+def _diff_ids_of(config: bytes, label: str) -> list:
+    """The rootfs.diff_ids of an image config (LayerFormatError when it has none)."""
+    try:
+        return json.loads(config)["rootfs"]["diff_ids"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise LayerFormatError(f"{label}: config has no rootfs.diff_ids ({e})") from None
+
+
 def _read_verified(files: _Files, desc: dict, what: str) -> bytes:
     digest = check_digest(desc.get("digest"), what)
     data = files.read(_blob_rel(digest))
@@ -396,11 +404,7 @@ def _oci_image(files: _Files, ref: str | None, label: str) -> ImageSource:
     if not isinstance(cdesc, dict):
         raise LayerFormatError(f"{label}: manifest has no config descriptor")
     config = _read_verified(files, cdesc, f"{label}: config")
-    try:
-        cdoc = json.loads(config)
-        diff_ids = cdoc["rootfs"]["diff_ids"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise LayerFormatError(f"{label}: config has no rootfs.diff_ids ({e})") from None
+    diff_ids = _diff_ids_of(config, label)
     ldescs = manifest.get("layers") or []
     if len(ldescs) != len(diff_ids):
         raise LayerFormatError(f"{label}: manifest has {len(ldescs)} layers but config "
@@ -501,11 +505,7 @@ def _docker_manifest_image(files: _Files, ref: str | None, label: str) -> ImageS
     hexname = _hex_of_path(cfg_rel)
     if hexname is not None and got != "sha256:" + hexname:
         raise DigestMismatchError(f"{label}: config '{cfg_rel}': content hashes to {got}")
-    try:
-        cdoc = json.loads(config)
-        diff_ids = cdoc["rootfs"]["diff_ids"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise LayerFormatError(f"{label}: config has no rootfs.diff_ids ({e})") from None
+    diff_ids = _diff_ids_of(config, label)
     rels = entry.get("Layers") or []
     if len(rels) != len(diff_ids):
         raise LayerFormatError(f"{label}: {len(rels)} layers but config lists "
