@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 import snapdiff
-from snapdiff.diff import diff
 from snapdiff.index import ENTRY_DTYPE, TreeIndex, snapshot
+from snapdiff.treediff import diff
 
 BENCH_DIR = os.environ.get("SNAPDIFF_BENCH_DIR", "/var/tmp/snapdiff-bench")
 

@@ -1,7 +1,8 @@
 """snapdiff: turn what a container changed into a new OCI image layer, fast and exactly.
 
 The public names are loaded on first use, so that ``import snapdiff.cli`` (every command
-line start) pays only for what the command needs.
+line start) pays only for what the command needs.  (No submodule may share the name of a
+public function: importing it would replace the function on the package.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Change": "snapdiff.diff", "Diff": "snapdiff.diff", "diff": "snapdiff.diff",
+    "Change": "snapdiff.treediff", "Diff": "snapdiff.treediff", "diff": "snapdiff.treediff",
     "Entry": "snapdiff.index", "TreeIndex": "snapdiff.index", "snapshot": "snapdiff.index",
     "SnapdiffError": "snapdiff.errors",
     "Image": "snapdiff.store", "Store": "snapdiff.store",

@@ -136,7 +136,7 @@ def diff_cmd(ctx: click.Context, a: str, b: str | None, as_json: bool, hash_all:
 
         changes = Containers(_store(ctx).root).get(a).diff()
     else:
-        from snapdiff.diff import diff
+        from snapdiff.treediff import diff
 
         for side in (a, b):
             if not os.path.exists(side):

@@ -46,7 +46,6 @@ from typing import BinaryIO
 
 from snapdiff import constants as C
 from snapdiff import oci
-from snapdiff.diff import diff
 from snapdiff.errors import (
     DigestMismatchError,
     ImageNotFound,
@@ -57,6 +56,7 @@ from snapdiff.errors import (
 )
 from snapdiff.fsutil import atomic_write
 from snapdiff.index import TreeIndex, layer_snapshot
+from snapdiff.treediff import diff
 
 __all__ = ["Store", "Image", "ImageRecord", "StoredLayer", "Problem", "default_root"]
 

@@ -47,3 +47,20 @@ def test_type_stubs_cover_the_extension():
     public = [n for n in dir(core) if not n.startswith("_") and callable(getattr(core, n))]
     missing = [n for n in public if f"def {n}(" not in text and f"class {n}" not in text]
     assert missing == []
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    """Importing every submodule must leave snapdiff.diff, snapdiff.snapshot ... the public
+    functions and classes (a submodule of the same name would replace them)."""
+    import importlib
+    import pkgutil
+
+    import snapdiff
+
+    for mod in pkgutil.iter_modules(snapdiff.__path__):
+        if mod.name != "__main__":  # that one runs the command line
+            importlib.import_module(f"snapdiff.{mod.name}")
+    for name in snapdiff.__all__:
+        if name != "__version__":
+            assert not isinstance(getattr(snapdiff, name), type(snapdiff)), name
+    assert callable(snapdiff.diff) and callable(snapdiff.snapshot)

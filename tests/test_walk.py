@@ -194,10 +194,10 @@ def test_one_file_system(tmp_path):
 
 _UNPRIVILEGED_WALK = """
 import os, sys
-import snapdiff  # before dropping privileges: the interpreter lives under /root
+from snapdiff.index import snapshot  # before dropping privileges: python is under /root
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)  # the tmp dir's parents are 0700
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
-ix = snapdiff.snapshot(f"/proc/self/fd/{fd}")
+ix = snapshot(f"/proc/self/fd/{fd}")
 print(sorted(p.decode() for p in ix.iter_paths()))
 print(sorted((p.path.decode(), p.op, p.errno) for p in ix.problems))
 """
