@@ -581,22 +581,10 @@ def commit_cmd(ctx, message, author, changes, compression, level, full, pause, r
                timestamp, container, name) -> None:
     """Write CONTAINER's changes as a new layer and image (NAME[:TAG]); print its id."""
     store = _store(ctx)
-    bar = None
-    progress = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(unit="B", unit_scale=True, desc="commit", leave=False)
-
-        def progress(done: int) -> None:
-            bar.update(done - bar.n)
-
-    try:
+    with _Bar("commit") as bar:
+        # the layer's size is known only at the end: bytes written so far, no total
         image = store.commit(container, name, message=message, author=author,
                              changes=changes, compression=compression, level=level, full=full,
                              pause=pause, replace=replace, timestamp=timestamp,
-                             progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+                             progress=(lambda done: bar(done, 0)) if bar else None)
     click.echo(image.id)
