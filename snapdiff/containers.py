@@ -24,7 +24,6 @@ import errno
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -1023,7 +1022,7 @@ class Containers:
         if not argv:
             raise UnsupportedError(f"{what}: no command: the image has no Entrypoint or Cmd "
                                    f"and none was given")
-        cid = secrets.token_hex(32)
+        cid = os.urandom(32).hex()
         hostname = hostname or cfg.get("Hostname") or cid[:12]
         base_env = list(cfg.get("Env") or [])
         if not any(e.startswith("PATH=") for e in base_env):

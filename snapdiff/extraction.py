@@ -14,7 +14,6 @@ import errno
 import hashlib
 import io
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -344,7 +343,7 @@ def extract_layer_to_new_dir(src, dest_dir, **kw) -> ApplyResult:
     dest = os.fsdecode(dest_dir)
     if os.path.lexists(dest):
         raise FileExistsError(errno.EEXIST, f"extract layer '{dest}': already exists", dest)
-    tmp = f"{dest}.tmp-{secrets.token_hex(8)}"
+    tmp = f"{dest}.tmp-{os.urandom(8).hex()}"
     os.mkdir(tmp, 0o755)
     try:
         result = apply_layer(src, tmp, **kw)

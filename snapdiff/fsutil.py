@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
@@ -33,7 +32,7 @@ def atomic_write(path: str | os.PathLike,
     writes to the open file) atomically and durably; the file gets `mode`."""
     path = os.fspath(path)
     d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".tmp-{os.getpid()}-{secrets.token_hex(6)}")
+    tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         with open(fd, "wb") as f:

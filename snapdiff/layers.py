@@ -22,10 +22,8 @@ import enum
 import hashlib
 import os
 import queue
-import secrets
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -240,6 +238,8 @@ def _write(tw, dest: BinaryIO, compression: str, level: int | None, threads: int
     if compression == "none":
         sink = _HashingSink(dest)
         writeback = _Writeback(dest)
+        from concurrent.futures import ThreadPoolExecutor  # here: it costs at every start
+
         with ThreadPoolExecutor(1, thread_name_prefix="snapdiff-layer-writer") as pool:
             def out(mv: memoryview) -> None:
                 # write and hash the chunk at once (both release the GIL), then hand the
@@ -330,7 +330,7 @@ def write_layer(root: str | bytes | os.PathLike,
 
 def _write_to_path(tw, path: str | bytes, compression: str, level: int | None, threads: int,
                    progress: Callable[[int], None] | None) -> tuple[str, str, int, int]:
-    suffix = f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    suffix = f".tmp-{os.getpid()}-{os.urandom(4).hex()}"
     tmp = path + (os.fsencode(suffix) if isinstance(path, bytes) else suffix)
     f = open(tmp, "xb", buffering=0)
     try:

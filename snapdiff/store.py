@@ -35,7 +35,6 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import sys
 import tarfile
@@ -293,7 +292,7 @@ class Store:
         """A new directory under tmp/, named for this process so gc can tell live ones.
         The caller removes it (see ``staging``)."""
         self._ensure()
-        path = os.path.join(self.tmp_dir, f"{os.getpid()}.{secrets.token_hex(6)}")
+        path = os.path.join(self.tmp_dir, f"{os.getpid()}.{os.urandom(6).hex()}")
         os.mkdir(path, 0o700)
         return path
 
@@ -849,7 +848,7 @@ class Store:
         for digest, size in items:
             dest = os.path.join(blobs, digest.split(":", 1)[1])
             if not os.path.exists(dest):
-                tmp = os.path.join(blobs, f".tmp-{os.getpid()}-{secrets.token_hex(6)}")
+                tmp = os.path.join(blobs, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
                 try:
                     with open(self.blob_path(digest), "rb") as f:
                         got, _ = _copy_hashing(f, tmp, progress=progress, done=done,
