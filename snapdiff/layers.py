@@ -119,9 +119,10 @@ class _HashingSink:
 
 
 class _Writeback:
-    """Writes to a file and asks the kernel to start writing each chunk to disk at once
-    (sync_file_range), so the fsync that makes the blob durable has little left to wait
-    for.  Falls back to plain writes where the call or a file descriptor is missing."""
+    """Writes to a file and has the kernel start writing each chunk to disk soon after
+    (sync_file_range on a helper thread, which may block on a busy disk without holding
+    up the stream), so the fsync that makes the blob durable has little left to wait for.
+    Plain writes where the call or a file descriptor is missing."""
 
     _sync_file_range = None
     SYNC_FILE_RANGE_WRITE = 2
@@ -129,6 +130,8 @@ class _Writeback:
     def __init__(self, dest: BinaryIO):
         self.dest = dest
         self.pos = 0
+        self.flusher: threading.Thread | None = None
+        self.ranges: queue.SimpleQueue = queue.SimpleQueue()
         try:
             self.fd = dest.fileno()
         except (AttributeError, OSError, ValueError):
@@ -142,14 +145,28 @@ class _Writeback:
                 fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
             _Writeback._sync_file_range = fn or False
 
+    def _flush_ranges(self) -> None:
+        while (r := self.ranges.get()) is not None:
+            self._sync_file_range(self.fd, r[0], r[1], self.SYNC_FILE_RANGE_WRITE)
+
     def write_all(self, mv: memoryview) -> None:
         view = mv
         while view:  # a raw file may write less than asked
             w = self.dest.write(view)
             view = view[w if w is not None else len(view):]
         if self.fd >= 0 and self._sync_file_range:
-            self._sync_file_range(self.fd, self.pos, len(mv), self.SYNC_FILE_RANGE_WRITE)
+            if self.flusher is None:
+                self.flusher = threading.Thread(target=self._flush_ranges, daemon=True,
+                                                name="snapdiff-writeback")
+                self.flusher.start()
+            self.ranges.put((self.pos, len(mv)))
         self.pos += len(mv)
+
+    def close(self) -> None:
+        if self.flusher is not None:
+            self.ranges.put(None)
+            self.flusher.join()
+            self.flusher = None
 
 
 def _compressor(compression: str, level: int | None, threads: int, sink: _HashingSink):
@@ -249,7 +266,10 @@ def _write(tw, dest: BinaryIO, compression: str, level: int | None, threads: int
                 done.result()
                 sink.size += len(mv)
 
-            total = _stream(tw, out, progress)
+            try:
+                total = _stream(tw, out, progress)
+            finally:
+                writeback.close()
         dest.flush()
         diff_id = "sha256:" + diff_sha.hexdigest()
         return diff_id, diff_id, sink.size, total
