@@ -57,14 +57,17 @@ _STAT_COLS = ("size", "mtime_ns", "ctime_ns", "ino", "dev")
 COMMIT_INDEX = "commit.idx"
 
 
-def _is_whiteout(ix: TreeIndex) -> np.ndarray:
-    e = ix.entries
+def _is_whiteout(ix: TreeIndex, at: np.ndarray | None = None) -> np.ndarray:
+    """Whiteout mask of the entries (or of the positions `at` only: a lower layer's index
+    is as large as the image, and commit must not pay for that)."""
+    e = ix.entries if at is None else ix.entries[at]
     return (((e["mode"] & _S_IFMT) == stat.S_IFCHR) & (e["rdev"] == 0)) | \
         ((e["flags"] & XWHITEOUT) != 0)
 
 
-def _is_dir(ix: TreeIndex) -> np.ndarray:
-    return (ix.entries["mode"] & _S_IFMT) == stat.S_IFDIR
+def _is_dir(ix: TreeIndex, at: np.ndarray | None = None) -> np.ndarray:
+    mode = ix.entries["mode"] if at is None else ix.entries["mode"][at]
+    return (mode & _S_IFMT) == stat.S_IFDIR
 
 
 def _parents(ix: TreeIndex) -> np.ndarray:
@@ -139,8 +142,8 @@ def _resolve(U: TreeIndex, lowers: list[TreeIndex], parent: np.ndarray,
         pos[li] = _join(L, U)
         f = pos[li] >= 0
         p = pos[li][f]
-        wh[li, f] = _is_whiteout(L)[p]
-        isdir[li, f] = _is_dir(L)[p]
+        wh[li, f] = _is_whiteout(L, p)
+        isdir[li, f] = _is_dir(L, p)
         opq[li, f] = (L.entries["flags"][p] & OPAQUE) != 0
     found = pos >= 0
     u_dir = _is_dir(U)
@@ -402,8 +405,7 @@ def compute_changes(upper: str, lowers: list[TreeIndex], *, xattr_prefix: bytes,
         io = np.flatnonzero(old)
         fp = _compare(prev, j[old], U, io)
         changed[io] = fp != 0
-        p_wh = _is_whiteout(prev)
-        existed[io] = ~p_wh[j[old]]
+        existed[io] = ~_is_whiteout(prev, j[old])
     # opaque markers: a directory that now hides what the base view had below it
     opaque = u_dir & u_opq & existed
     if prev is not None:

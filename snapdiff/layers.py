@@ -223,8 +223,8 @@ def _stream(tw, out: Callable[[memoryview], None],
     free: queue.Queue = queue.Queue()
     full: queue.Queue = queue.Queue()
     stop = threading.Event()
-    for _ in range(_BUFFERS):
-        free.put(bytearray(CHUNK))
+    free.put(bytearray(CHUNK))
+    spare = _BUFFERS - 1  # more buffers only when the stream outgrows one (small layers)
     reader = threading.Thread(target=_read_chunks, args=(tw, free, full, stop),
                               name="snapdiff-tar-reader", daemon=True)
     reader.start()
@@ -242,6 +242,9 @@ def _stream(tw, out: Callable[[memoryview], None],
                     progress(total)
             if n < len(buf):
                 return total
+            if spare:
+                free.put(bytearray(CHUNK))
+                spare -= 1
             free.put(buf)
     finally:
         stop.set()  # stops the reader if it is still going
