@@ -165,23 +165,12 @@ def _decompressing_reader(f: BinaryIO, compression: str) -> BinaryIO:
 
 def diff_id_of(path: str | os.PathLike, *, what: str = "layer") -> str:
     """sha256 of the uncompressed tar stream of a layer blob (its diff_id)."""
-    with open(path, "rb") as f:
-        compression = detect_compression(f.read(1024), what)
-        f.seek(0)
-        h = hashlib.sha256()
-        try:
-            r = _decompressing_reader(f, compression)
-            while chunk := r.read(CHUNK):
-                h.update(chunk)
-        except (EOFError, OSError, ValueError) as e:
-            if isinstance(e, OSError) and e.errno is not None:
-                raise
-            raise LayerFormatError(f"{what}: corrupt {compression} stream: {e}") from None
-        return "sha256:" + h.hexdigest()
+    return decompress_to(path, None, what=what)
 
 
-def decompress_to(src: str | os.PathLike, dest: BinaryIO, *, what: str) -> str:
-    """Write the uncompressed tar of a layer blob to ``dest``; returns its sha256."""
+def decompress_to(src: str | os.PathLike, dest: BinaryIO | None, *, what: str) -> str:
+    """Write the uncompressed tar of a layer blob to ``dest`` (None: only hash it);
+    returns its sha256."""
     with open(src, "rb") as f:
         compression = detect_compression(f.read(1024), what)
         f.seek(0)
@@ -190,8 +179,11 @@ def decompress_to(src: str | os.PathLike, dest: BinaryIO, *, what: str) -> str:
             r = _decompressing_reader(f, compression)
             while chunk := r.read(CHUNK):
                 h.update(chunk)
-                dest.write(chunk)
-        except (EOFError, ValueError) as e:
+                if dest is not None:
+                    dest.write(chunk)
+        except (EOFError, OSError, ValueError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # a real I/O error (disk full, EIO): not the blob's fault
             raise LayerFormatError(f"{what}: corrupt {compression} stream: {e}") from None
         return "sha256:" + h.hexdigest()
 
