@@ -996,7 +996,10 @@ class Containers:
 
         cmd replaces the image's Cmd (the Entrypoint stays); env entries "K=V" override the
         image's Env; volumes are "HOST:CTR[:ro]" strings or (host, ctr, readonly) triples.
-        Nothing is mounted or run yet."""
+        userxattr mounts overlay with its markers in user.overlay.* (for unprivileged use):
+        overlay then reads opaque directories of the lower layers from user.overlay.opaque
+        too, while the store unpacks layers with trusted.overlay.opaque, so use it only
+        with lower directories made for it.  Nothing is mounted or run yet."""
         what = f"create '{name}'" if name else "create"
         cfg = dict(getattr(image, "config", None) or {})
         if network not in NETWORKS:
