@@ -46,8 +46,11 @@ def describe(root: str, *, mtimes: bool = True, dir_mtimes: bool = True,
             st = os.lstat(p)
             digest = None
             if stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
                 with open(p, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
+                    while chunk := f.read(8 << 20):  # files may be larger than memory
+                        h.update(chunk)
+                digest = h.hexdigest()
             target = os.readlink(p) if stat.S_ISLNK(st.st_mode) else None
             xattrs = {}
             if not stat.S_ISLNK(st.st_mode):

@@ -20,6 +20,7 @@ import time
 import pytest
 from conftest import make_busybox_rootfs
 from fstree import Dir, File, Symlink, build
+from storeutil import describe, hardlink_groups
 
 import snapdiff
 from snapdiff import Store
@@ -59,28 +60,20 @@ def store(tmp_path_factory):
         c.remove(force=True)
 
 
-def _tree(path: str) -> dict:
-    """Everything a layer must carry, per path, plus hard-link groups."""
-    ix = snapdiff.snapshot(path)
-    out = {}
-    groups: dict[int, list[bytes]] = {}
-    for e in ix:
-        out[e.path] = (e.type, e.mode, e.uid, e.gid, e.size, e.hash, e.link_target,
-                       e.xattrs, e.rdev if e.type in ("char", "block") else 0,
-                       e.mtime_ns if e.type != "symlink" else 0)
-        if e.type == "file" and e.nlink > 1:
-            groups.setdefault(e.ino, []).append(e.path)
-    return out, sorted(sorted(g) for g in groups.values())
+def _tree(path: str) -> tuple[dict, set]:
+    """Everything a layer must carry, per path, and the hard-link groups; read with the
+    plain Python walk of tests/storeutil.py, independent of snapdiff's own walker."""
+    return describe(path), hardlink_groups(path)
 
 
-def _umoci_tree(store: Store, ref: str, tmp) -> tuple[dict, list]:
+def _umoci_tree(store: Store, ref: str, tmp) -> tuple[dict, set]:
     bundle = str(tmp / f"bundle-{ref.replace(':', '-')}")
     subprocess.run(["umoci", "unpack", "--image", f"{store.root}/oci:{ref}", bundle],
                    check=True, capture_output=True)
     return _tree(os.path.join(bundle, "rootfs"))
 
 
-def _merged_tree(container) -> tuple[dict, list]:
+def _merged_tree(container) -> tuple[dict, set]:
     merged = container.mount()
     try:
         return _tree(merged)
